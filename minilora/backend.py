@@ -1,0 +1,225 @@
+"""Array backends: the only module that knows array libraries by name.
+
+Compute code receives an array namespace ``xp`` (NumPy, CuPy or any Python Array API library) and
+calls only Array API standard functions on it. Where the standard has a gap, this module offers one
+named helper per gap, each with a NumPy, a CuPy and a portable implementation:
+
+    Random            seeded random numbers (normal, uniform, integers), backend-native where possible
+    scatter_add       out[idx[i]] += values[i]   (the embedding backward)
+    to_numpy          device array -> host NumPy array (explicit, never silent)
+    from_numpy        host NumPy array -> array of a backend
+
+Backend precedence: the arrays you pass > ``with use_backend("cupy"):`` > the ``MINILORA_BACKEND``
+environment variable > NumPy. There is no settable global.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+
+BACKENDS = ("numpy", "cupy", "array_api_strict")
+_ENV_VAR = "MINILORA_BACKEND"
+_local = threading.local()
+
+
+class BackendError(ValueError):
+    """An unknown backend, an unavailable one, or arrays of two backends that meet."""
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def get_namespace(name: str):
+    """The array namespace of backend ``name`` (imported on first use)."""
+    _check_name(name)
+    if name == "cupy":
+        try:
+            cupy = importlib.import_module("cupy")
+        except ImportError as exc:
+            raise BackendError("backend 'cupy' needs the cupy package (pip install minilora[gpu]); "
+                               "use backend 'numpy' on a machine without a GPU") from exc
+        if not cupy.is_available():
+            raise BackendError("backend 'cupy' is installed but no CUDA GPU answers; "
+                               "use backend 'numpy' on this machine")
+        return cupy
+    return importlib.import_module(name)
+
+
+def is_available(name: str) -> bool:
+    """True when backend ``name`` can be used on this machine."""
+    try:
+        get_namespace(name)
+        return True
+    except (BackendError, ImportError):
+        return False
+
+
+def current_backend_name() -> str:
+    """The backend for new arrays: innermost ``use_backend`` > $MINILORA_BACKEND > numpy."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get(_ENV_VAR, "").strip()
+    if env:
+        if env not in BACKENDS:
+            raise BackendError(f"{_ENV_VAR}={env!r} is not a backend: expected one of {', '.join(BACKENDS)}")
+        return env
+    return "numpy"
+
+
+def current_namespace():
+    """The namespace new arrays are created in (see ``current_backend_name``)."""
+    return get_namespace(current_backend_name())
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Create new arrays with backend ``name`` inside the ``with`` block (nesting-safe)."""
+    get_namespace(name)  # fail at the door, not at the first array
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield get_namespace(name)
+    finally:
+        stack.pop()
+
+
+def backend_name_of(array) -> str:
+    """The backend an array belongs to, from its type's module."""
+    module = type(array).__module__.split(".")[0]
+    if module in ("numpy", "cupy", "array_api_strict"):
+        return module
+    raise BackendError(f"not an array of a known backend: {type(array).__name__}")
+
+
+def namespace_of(*arrays):
+    """The namespace shared by ``arrays`` (Python scalars and None are ignored).
+
+    Raises BackendError when arrays of two backends meet: minilora never copies silently.
+    """
+    names = {backend_name_of(a) for a in arrays if a is not None and not isinstance(a, (int, float, bool))}
+    if not names:
+        return current_namespace()
+    if len(names) > 1:
+        raise BackendError(f"arrays of different backends meet: {sorted(names)}; "
+                           "move them explicitly with to_numpy/from_numpy")
+    (name,) = names
+    return importlib.import_module(name)
+
+
+def name_of_namespace(xp) -> str:
+    name = xp.__name__.split(".")[0]
+    return _check_name(name)
+
+
+# ---------------------------------------------------------------- host <-> device
+
+def to_numpy(array):
+    """A host NumPy copy (or view) of ``array``, whatever its backend."""
+    import numpy as np
+    name = backend_name_of(array) if not isinstance(array, np.ndarray) else "numpy"
+    if name == "numpy":
+        return array
+    if name == "cupy":
+        return array.get()
+    return np.asarray(array)
+
+
+def from_numpy(array, xp=None):
+    """Move a host NumPy array to namespace ``xp`` (default: the current backend)."""
+    xp = current_namespace() if xp is None else xp
+    name = name_of_namespace(xp)
+    if name == "numpy":
+        return array
+    return xp.asarray(array)
+
+
+# ---------------------------------------------------------------- gap: random numbers
+
+class Random:
+    """A seeded random generator for namespace ``xp``; its state can be saved and restored.
+
+    NumPy and array_api_strict draw on the host with PCG64 (array_api_strict then wraps the result);
+    CuPy draws natively on the device.
+    """
+
+    def __init__(self, seed: int = 0, xp=None):
+        import numpy as np
+        self.xp = current_namespace() if xp is None else xp
+        self._name = name_of_namespace(self.xp)
+        if self._name == "cupy":
+            self._gen = self.xp.random.default_rng(seed)
+        else:
+            self._gen = np.random.Generator(np.random.PCG64(seed))
+
+    def _wrap(self, host):
+        return host if self._name in ("numpy", "cupy") else self.xp.asarray(host)
+
+    def normal(self, shape, std=1.0, dtype=None, mean=0.0):
+        dtype = self.xp.float32 if dtype is None else dtype
+        if self._name == "cupy":
+            return (self._gen.standard_normal(shape, dtype=dtype) * std + mean).astype(dtype)
+        host = self._gen.standard_normal(shape) * std + mean
+        return self._wrap(host.astype(_host_dtype(dtype)))
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
+        dtype = self.xp.float32 if dtype is None else dtype
+        if self._name == "cupy":
+            return (self._gen.random(shape, dtype=dtype) * (high - low) + low).astype(dtype)
+        host = self._gen.uniform(low, high, shape)
+        return self._wrap(host.astype(_host_dtype(dtype)))
+
+    def integers(self, low, high, shape):
+        if self._name == "cupy":
+            return self._gen.integers(low, high, shape)
+        return self._wrap(self._gen.integers(low, high, shape))
+
+    @property
+    def state(self):
+        """JSON-serialisable state (host generators only)."""
+        if self._name == "cupy":
+            raise BackendError("saving the RNG state is supported for host backends only")
+        return self._gen.bit_generator.state
+
+    @state.setter
+    def state(self, value):
+        if self._name == "cupy":
+            raise BackendError("restoring the RNG state is supported for host backends only")
+        self._gen.bit_generator.state = value
+
+
+def _host_dtype(dtype):
+    import numpy as np
+    try:
+        return np.dtype(dtype)
+    except TypeError:  # an array_api_strict dtype prints as "array_api_strict.float32"
+        return np.dtype(str(dtype).split(".")[-1])
+
+
+# ---------------------------------------------------------------- gap: scatter-add
+
+def scatter_add(xp, num_rows: int, indices, values):
+    """out (num_rows, C) with out[indices[i]] += values[i] for every i (repeats accumulate).
+
+    indices: (N,) integers, values: (N, C). The embedding lookup's VJP.
+    """
+    name = name_of_namespace(xp)
+    out = xp.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+    if name == "numpy":
+        import numpy as np
+        np.add.at(out, indices, values)
+        return out
+    if name == "cupy":
+        import cupyx
+        cupyx.scatter_add(out, indices, values)
+        return out
+    # Portable: a one-hot matrix (N, num_rows) transposed times values. O(N * rows * C), fine for a referee.
+    one_hot = xp.astype(indices[:, None] == xp.arange(num_rows)[None, :], values.dtype)
+    return xp.matmul(one_hot.mT, values)

@@ -1,0 +1,254 @@
+"""Fused kernels: primitives with hand-written VJPs, for speed and numerical stability.
+
+Each one equals a composite of basic primitives (functional.composite_*), and a test checks the
+value and the gradient of both. Shapes: x (..., C) unless stated; the normalized axis is the last.
+"""
+from __future__ import annotations
+
+import math
+
+from . import backend
+from .tensor import primitive
+
+
+def _xp(*arrays):
+    return backend.namespace_of(*arrays)
+
+
+def _sum_leading(xp, g):
+    """Sum over every axis but the last: (..., C) -> (C,)."""
+    return xp.sum(xp.reshape(g, (-1, g.shape[-1])), axis=0)
+
+
+@primitive(fused=True)
+def linear(x, weight, bias=None):
+    """y = x W^T + b.  x (..., d_in), W (d_out, d_in), b (d_out,) -> (..., d_out).
+
+    The leading dimensions are folded into one so that each product is a single GEMM.
+    VJP: gx = g W, gW = g^T x, gb = sum of g over the leading dimensions.
+    """
+    xp = _xp(x, weight)
+    if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
+        raise ValueError(f"linear: input of shape {tuple(x.shape)} does not fit weight of shape "
+                         f"{tuple(weight.shape)} (expected input (..., {weight.shape[-1]}))")
+    lead = tuple(x.shape[:-1])
+    x2 = xp.reshape(x, (-1, x.shape[-1]))  # (N, d_in)
+    y = xp.matmul(x2, weight.mT)  # (N, d_out)
+    if bias is not None:
+        y = y + bias
+
+    def vjp(g, needs):
+        g2 = xp.reshape(g, (-1, g.shape[-1]))  # (N, d_out)
+        gx = xp.reshape(xp.matmul(g2, weight), lead + (x.shape[-1],)) if needs[0] else None
+        gw = xp.matmul(g2.mT, x2) if needs[1] else None
+        gb = xp.sum(g2, axis=0) if (len(needs) > 2 and needs[2]) else None
+        return gx, gw, gb
+    return xp.reshape(y, lead + (weight.shape[0],)), vjp
+
+
+@primitive(fused=True)
+def softmax(x, axis=-1):
+    """y = exp(x - max) / sum exp(x - max). VJP: gx = y * (g - sum(g * y))."""
+    xp = _xp(x)
+    z = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+    y = z / xp.sum(z, axis=axis, keepdims=True)
+    return y, lambda g, needs: (y * (g - xp.sum(g * y, axis=axis, keepdims=True)),)
+
+
+@primitive(fused=True)
+def log_softmax(x, axis=-1):
+    """y = x - logsumexp(x). VJP: gx = g - softmax(x) * sum(g)."""
+    xp = _xp(x)
+    shifted = x - xp.max(x, axis=axis, keepdims=True)
+    y = shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    return y, lambda g, needs: (g - xp.exp(y) * xp.sum(g, axis=axis, keepdims=True),)
+
+
+@primitive(fused=True)
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean negative log-likelihood of ``targets`` under softmax(logits), skipping ignore_index.
+
+    logits (N, V), targets int (N,) -> scalar. loss = sum_valid(logsumexp(z_n) - z_n[t_n]) / n_valid.
+    VJP: gz = g * (softmax(z) - onehot(t)) / n_valid on valid rows, 0 on ignored rows.
+    A batch with no valid target has loss 0 and gradient 0.
+    """
+    xp = _xp(logits, targets)
+    if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"cross_entropy: expected logits (N, V) and targets (N,), got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    valid = targets != ignore_index
+    safe = xp.where(valid, targets, xp.zeros_like(targets))
+    n_valid = int(xp.sum(xp.astype(valid, xp.int64)))
+    denom = float(n_valid if n_valid else 1)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    lse = xp.log(xp.sum(xp.exp(shifted), axis=1))  # (N,)
+    picked = xp.take_along_axis(shifted, xp.reshape(safe, (-1, 1)), axis=1)[:, 0]
+    zero = xp.zeros_like(lse)
+    loss = xp.sum(xp.where(valid, lse - picked, zero)) / denom
+
+    def vjp(g, needs):
+        probs = xp.exp(shifted - xp.reshape(lse, (-1, 1)))
+        one_hot = xp.reshape(safe, (-1, 1)) == xp.arange(logits.shape[1], dtype=safe.dtype)[None, :]
+        grad = probs - xp.astype(one_hot, probs.dtype)
+        scale = xp.where(valid, xp.full_like(lse, 1.0 / denom), zero)
+        return grad * (g * xp.reshape(scale, (-1, 1))), None
+    return loss, vjp
+
+
+@primitive(fused=True)
+def layer_norm(x, weight, bias, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
+
+    VJP with xhat = (x - mean) * rstd, gh = g * w:
+    gx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), gw = sum(g * xhat), gb = sum(g).
+    """
+    xp = _xp(x, weight)
+    mu = xp.mean(x, axis=-1, keepdims=True)
+    centered = x - mu
+    rstd = 1.0 / xp.sqrt(xp.mean(centered * centered, axis=-1, keepdims=True) + eps)
+    xhat = centered * rstd
+
+    def vjp(g, needs):
+        gh = g * weight
+        gx = rstd * (gh - xp.mean(gh, axis=-1, keepdims=True)
+                     - xhat * xp.mean(gh * xhat, axis=-1, keepdims=True)) if needs[0] else None
+        gw = _sum_leading(xp, g * xhat) if needs[1] else None
+        gb = _sum_leading(xp, g) if needs[2] else None
+        return gx, gw, gb
+    return xhat * weight + bias, vjp
+
+
+@primitive(fused=True)
+def rms_norm(x, weight, eps=1e-6):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis (Llama's RMSNorm).
+
+    VJP with xhat = x * rstd, gh = g * w: gx = rstd * (gh - xhat * mean(gh * xhat)), gw = sum(g * xhat).
+    """
+    xp = _xp(x, weight)
+    rstd = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)
+    xhat = x * rstd
+
+    def vjp(g, needs):
+        gh = g * weight
+        gx = rstd * (gh - xhat * xp.mean(gh * xhat, axis=-1, keepdims=True)) if needs[0] else None
+        gw = _sum_leading(xp, g * xhat) if needs[1] else None
+        return gx, gw
+    return xhat * weight, vjp
+
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+
+
+@primitive(fused=True)
+def gelu(x):
+    """GELU, tanh form: y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi).
+
+    VJP: gx = g * (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)).
+    """
+    xp = _xp(x)
+    t = xp.tanh(_GELU_K * (x + 0.044715 * x * x * x))
+
+    def vjp(g, needs):
+        return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * x * x)),)
+    return 0.5 * x * (1 + t), vjp
+
+
+@primitive(fused=True)
+def silu(x):
+    """y = x * sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow).
+
+    VJP: gx = g * s * (1 + x (1 - s)).
+    """
+    xp = _xp(x)
+    s = 0.5 * (1 + xp.tanh(0.5 * x))
+    return x * s, lambda g, needs: (g * s * (1 + x * (1 - s)),)
+
+
+@primitive(fused=True)
+def swiglu(gate, up):
+    """y = silu(gate) * up (Llama's MLP). VJP: gup = g * silu(gate), ggate = g * up * silu'(gate)."""
+    xp = _xp(gate, up)
+    s = 0.5 * (1 + xp.tanh(0.5 * gate))
+    act = gate * s
+
+    def vjp(g, needs):
+        return (g * up * s * (1 + gate * (1 - s)) if needs[0] else None,
+                g * act if needs[1] else None)
+    return act * up, vjp
+
+
+@primitive(fused=True)
+def dropout(x, keep_mask, p):
+    """y = x * keep_mask / (1 - p) (inverted dropout; the mask is drawn by the caller).
+
+    VJP: gx = g * keep_mask / (1 - p).
+    """
+    xp = _xp(x)
+    scale = xp.astype(keep_mask, x.dtype) * (1.0 / (1.0 - p))
+    return x * scale, lambda g, needs: (g * scale, None)
+
+
+@primitive(fused=True)
+def rope(x, cos, sin, interleaved=False):
+    """Rotary position embedding: y = x * cos + rot(x) * sin.  x (..., T, hs), cos/sin (T, hs).
+
+    Half layout (Hugging Face): rot(x) = concat(-x2, x1) on the two halves of the head dim.
+    Interleaved layout (llama.cpp / GPT-J): rot(x)[2i] = -x[2i+1], rot(x)[2i+1] = x[2i].
+    rot is antisymmetric, so the VJP is gx = g * cos - rot(g * sin).
+    """
+    xp = _xp(x, cos)
+
+    def rot(z):
+        if interleaved:
+            pairs = xp.reshape(z, tuple(z.shape[:-1]) + (z.shape[-1] // 2, 2))
+            turned = xp.stack((-pairs[..., 1], pairs[..., 0]), axis=-1)
+            return xp.reshape(turned, tuple(z.shape))
+        half = z.shape[-1] // 2
+        return xp.concat((-z[..., half:], z[..., :half]), axis=-1)
+
+    return x * cos + rot(x) * sin, lambda g, needs: (g * cos - rot(g * sin), None, None)
+
+
+def causal_mask(xp, t_q: int, t_k: int):
+    """Boolean (t_q, t_k): query i (the last t_q of t_k positions) may see key j when j <= i + t_k - t_q."""
+    rows = xp.reshape(xp.arange(t_q), (-1, 1)) + (t_k - t_q)
+    return xp.reshape(xp.arange(t_k), (1, -1)) <= rows
+
+
+@primitive(fused=True)
+def attention(q, k, v, causal=True, scale=None):
+    """Scaled dot-product attention with grouped-query heads.
+
+    q (B, nh, T, hs), k and v (B, nkv, S, hs) with nh = nkv * groups -> (B, nh, T, hs).
+    P = softmax(scale * q k^T + mask), y = P v; with a causal mask query t sees keys s <= t + S - T.
+    The groups are folded into the query rows, so each head group is one batched GEMM:
+    q -> (B, nkv, groups*T, hs).
+    VJP: gv = P^T g, gP = g v^T, gS = P * (gP - sum(gP * P)), gq = scale gS k, gk = scale gS^T q.
+    """
+    xp = _xp(q, k, v)
+    b, nh, t, hs = q.shape
+    nkv, s_len = k.shape[1], k.shape[2]
+    if nh % nkv:
+        raise ValueError(f"attention: {nh} query heads are not a multiple of {nkv} key/value heads")
+    groups = nh // nkv
+    scale = 1.0 / math.sqrt(hs) if scale is None else scale
+    qg = xp.reshape(q, (b, nkv, groups * t, hs))  # (B, nkv, g*T, hs)
+    scores = xp.matmul(qg, k.mT) * scale  # (B, nkv, g*T, S)
+    if causal:
+        mask = causal_mask(xp, t, s_len)  # (T, S)
+        mask = xp.reshape(xp.broadcast_to(mask[None, :, :], (groups, t, s_len)), (groups * t, s_len))
+        scores = xp.where(mask, scores, xp.full_like(scores, -math.inf))
+    scores = scores - xp.max(scores, axis=-1, keepdims=True)
+    probs = xp.exp(scores)
+    probs = probs / xp.sum(probs, axis=-1, keepdims=True)
+    y = xp.matmul(probs, v)  # (B, nkv, g*T, hs)
+
+    def vjp(g, needs):
+        gg = xp.reshape(g, (b, nkv, groups * t, hs))
+        gv = xp.matmul(probs.mT, gg) if needs[2] else None
+        gp = xp.matmul(gg, v.mT)
+        gs = probs * (gp - xp.sum(gp * probs, axis=-1, keepdims=True)) * scale
+        gq = xp.reshape(xp.matmul(gs, k), (b, nh, t, hs)) if needs[0] else None
+        gk = xp.matmul(gs.mT, qg) if needs[1] else None
+        return gq, gk, gv
+    return xp.reshape(y, (b, nh, t, hs)), vjp

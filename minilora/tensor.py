@@ -1,0 +1,267 @@
+"""Tensor and reverse-mode autodiff.
+
+A ``Tensor`` holds an array ``data`` of some backend, an optional ``grad`` of the same shape, and
+``requires_grad``. Every differentiable operation is a *primitive*: a function
+
+    forward(*arrays, **options) -> (out, vjp)        vjp(g, needs) -> (grad_input_0, ...)
+
+where ``vjp`` maps the output cotangent g to one cotangent per input (None where ``needs[i]`` is
+False). ``apply`` runs a primitive on tensors and, only when gradients are enabled and some input
+requires them, records the output's parents and ``vjp``. Frozen inputs therefore build no graph
+and keep nothing alive. ``backward`` walks the graph once in reverse topological order and then
+frees it (each intermediate drops its parents and closure), so activations die with the step.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from . import backend
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside the block, operations record no graph (inference, optimizer updates)."""
+    previous = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    previous = is_grad_enabled()
+    _state.grad_enabled = True
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+@dataclass(frozen=True)
+class Primitive:
+    name: str
+    forward: Callable
+    fused: bool = False
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def primitive(fused: bool = False):
+    """Register ``forward`` as a primitive and return its Tensor-level wrapper."""
+    def register(forward):
+        name = forward.__name__
+        if name in PRIMITIVES:
+            raise ValueError(f"primitive {name!r} registered twice")
+        prim = Primitive(name, forward, fused)
+        PRIMITIVES[name] = prim
+
+        def wrapper(*inputs, **options):
+            return apply(prim, *inputs, **options)
+
+        wrapper.__name__ = name
+        wrapper.__qualname__ = name
+        wrapper.__doc__ = forward.__doc__
+        wrapper.primitive = prim
+        return wrapper
+    return register
+
+
+def apply(prim: Primitive, *inputs, **options) -> "Tensor":
+    """Run ``prim`` on Tensors (and plain arrays/scalars, treated as constants)."""
+    arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+    out, vjp = prim.forward(*arrays, **options)
+    needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+    if not (any(needs) and is_grad_enabled()):
+        return Tensor(out)
+    result = Tensor(out, requires_grad=True)
+    result._parents = tuple(x if needed else None for x, needed in zip(inputs, needs))
+    result._vjp = vjp
+    result._op = prim.name
+    return result
+
+
+class Tensor:
+    """An array with an optional gradient. ``grad`` is filled on leaves by ``backward``."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_vjp", "_op", "__weakref__")
+    __array_priority__ = 1000  # so that ndarray * Tensor dispatches to Tensor.__rmul__
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            raise TypeError("Tensor(data): data is already a Tensor; use .detach() or .data")
+        if isinstance(data, (int, float)):
+            data = backend.current_namespace().asarray(data)
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents = ()
+        self._vjp = None
+        self._op = None
+
+    # ------------------------------------------------------------ array-like facts
+    @property
+    def xp(self):
+        return backend.namespace_of(self.data)
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.data.shape:
+            n *= s
+        return n
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._vjp is None
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}{grad})"
+
+    def __len__(self):
+        return self.shape[0]
+
+    def numpy(self):
+        """A host NumPy array of the data (explicit copy off the device)."""
+        return backend.to_numpy(self.data)
+
+    def item(self) -> float:
+        return float(self.numpy().reshape(-1)[0]) if self.size == 1 else _raise_item(self.shape)
+
+    def detach(self) -> "Tensor":
+        return Tensor(self.data)
+
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        self.requires_grad = flag
+        return self
+
+    # ------------------------------------------------------------ autodiff
+    def backward(self, grad=None) -> None:
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
+
+        grad: the cotangent of self (default 1 for a one-element tensor). The graph is freed after.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input required grad, or it was made under no_grad())")
+        xp = self.xp
+        if grad is None:
+            if self.size != 1:
+                raise ValueError(f"backward() needs a grad argument for a non-scalar output of shape {self.shape}")
+            grad = xp.ones(self.data.shape, dtype=self.data.dtype)
+        elif isinstance(grad, Tensor):
+            grad = grad.data
+        order = _topological_order(self)
+        grads = {id(self): grad}
+        for node in reversed(order):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._vjp is None:  # a leaf
+                node.grad = g if node.grad is None else node.grad + g
+                continue
+            needs = tuple(p is not None for p in node._parents)
+            for parent, pg in zip(node._parents, node._vjp(g, needs)):
+                if parent is None or pg is None:
+                    continue
+                key = id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg
+            node._parents, node._vjp = (), None  # free the graph as we go
+
+    # ------------------------------------------------------------ operators (see ops.py)
+    def __add__(self, other): return _ops().add(self, other)
+    def __radd__(self, other): return _ops().add(other, self)
+    def __sub__(self, other): return _ops().sub(self, other)
+    def __rsub__(self, other): return _ops().sub(other, self)
+    def __mul__(self, other): return _ops().mul(self, other)
+    def __rmul__(self, other): return _ops().mul(other, self)
+    def __truediv__(self, other): return _ops().div(self, other)
+    def __rtruediv__(self, other): return _ops().div(other, self)
+    def __neg__(self): return _ops().neg(self)
+    def __pow__(self, exponent): return _ops().pow(self, exponent=exponent)
+    def __matmul__(self, other): return _ops().matmul(self, other)
+    def __rmatmul__(self, other): return _ops().matmul(other, self)
+    def __getitem__(self, key): return _ops().getitem(self, key=key)
+
+    def sum(self, axis=None, keepdims=False): return _ops().sum(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops().mean(self, axis=axis, keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return _ops().max(self, axis=axis, keepdims=keepdims)
+    def exp(self): return _ops().exp(self)
+    def log(self): return _ops().log(self)
+    def sqrt(self): return _ops().sqrt(self)
+    def tanh(self): return _ops().tanh(self)
+    def relu(self): return _ops().relu(self)
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return _ops().reshape(self, shape=tuple(shape))
+    def permute(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return _ops().permute(self, axes=tuple(axes))
+    def transpose(self, a: int = -2, b: int = -1):
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.permute(tuple(axes))
+
+    @property
+    def T(self):
+        return self.transpose(-2, -1)
+
+
+def _raise_item(shape):
+    raise ValueError(f"item() needs a one-element tensor, got shape {shape}")
+
+
+def _topological_order(root: Tensor) -> list:
+    """Nodes reachable from root, each after all of its parents (iterative DFS)."""
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for parent in node._parents:
+            if parent is not None and id(parent) not in seen:
+                stack.append((parent, False))
+    return order
+
+
+def _ops():
+    from . import ops
+    return ops
+
+
+def as_tensor(x, dtype=None, xp=None) -> Tensor:
+    """Wrap an array (or nested lists) as a constant Tensor in namespace ``xp``."""
+    if isinstance(x, Tensor):
+        return x
+    xp = xp or backend.current_namespace()
+    return Tensor(xp.asarray(x, dtype=dtype))
