@@ -1,0 +1,6 @@
+"""Data: generated tasks, tokenization of examples, deterministic batches."""
+from .batching import IGNORE_INDEX, Batches, collate, encode_example
+from .char_tokenizer import CharTokenizer
+from .tasks import TASKS, task_splits
+
+__all__ = ["TASKS", "task_splits", "CharTokenizer", "encode_example", "collate", "Batches", "IGNORE_INDEX"]
