@@ -1,0 +1,67 @@
+"""Causal self-attention with grouped-query heads and optional RoPE (Hugging Face module names).
+
+    q = x Wq^T (B, T, nh*hs),  k = x Wk^T, v = x Wv^T (B, T, nkv*hs)
+    q, k <- RoPE(q, k) at positions start .. start+T-1          (Llama style only)
+    y = softmax(q k^T / sqrt(hs) + causal mask) v                (each kv head serves nh/nkv query heads)
+    out = y Wo^T (B, T, C)
+
+Every projection is a submodule called as ``self.q_proj(x)``, so LoRA can swap it for a wrapper.
+The heads are handled by reshapes and one batched GEMM (kernels.attention): no loop over heads.
+"""
+from __future__ import annotations
+
+from .. import functional as F
+from .. import ops
+from ..nn import Linear, Module
+from ..tensor import Tensor
+from .config import ModelConfig
+
+
+class Attention(Module):
+    """Multi-head (nkv == nh), grouped-query (1 < nkv < nh) or multi-query (nkv == 1) attention."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype, rng, init_std: float = 0.02):
+        c, hs = config.hidden_size, config.head_dim
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = (config.num_attention_heads,
+                                                            config.num_key_value_heads, hs)
+        self.use_rope = config.style == "llama"
+        self.rope_interleaved = config.rope_interleaved
+        bias = config.attention_bias
+        self.q_proj = _linear(c, self.num_heads * hs, bias, dtype, rng, init_std)
+        self.k_proj = _linear(c, self.num_kv_heads * hs, bias, dtype, rng, init_std)
+        self.v_proj = _linear(c, self.num_kv_heads * hs, bias, dtype, rng, init_std)
+        self.o_proj = _linear(self.num_heads * hs, c, bias, dtype, rng, init_std)
+
+    def forward(self, x: Tensor, rope=None, cache=None) -> Tensor:
+        """x (B, T, C); rope: (cos, sin) each (T, 1, hs) or None; cache: KVCache or None -> (B, T, C)."""
+        b, t, _ = x.shape
+        hs = self.head_dim
+        q = ops.reshape(self.q_proj(x), shape=(b, t, self.num_heads, hs))  # (B, T, nh, hs)
+        k = ops.reshape(self.k_proj(x), shape=(b, t, self.num_kv_heads, hs))  # (B, T, nkv, hs)
+        v = ops.reshape(self.v_proj(x), shape=(b, t, self.num_kv_heads, hs))  # (B, T, nkv, hs)
+        if self.use_rope:
+            cos, sin = rope  # (T, 1, hs): broadcast over the head axis
+            q = F.rope(q, cos, sin, interleaved=self.rope_interleaved)
+            k = F.rope(k, cos, sin, interleaved=self.rope_interleaved)
+        q = ops.permute(q, axes=(0, 2, 1, 3))  # (B, nh, T, hs)
+        k = ops.permute(k, axes=(0, 2, 1, 3))  # (B, nkv, T, hs)
+        v = ops.permute(v, axes=(0, 2, 1, 3))  # (B, nkv, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
+        y = F.attention(q, k, v, causal=True)  # (B, nh, T, hs)
+        y = ops.reshape(ops.permute(y, axes=(0, 2, 1, 3)), shape=(b, t, self.num_heads * hs))  # (B, T, nh*hs)
+        return self.o_proj(y)
+
+    def extra_repr(self):
+        return f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"
+
+
+def _linear(d_in: int, d_out: int, bias: bool, dtype, rng, std: float) -> Linear:
+    """nn.Linear with Hugging Face's init: W ~ N(0, std^2), b = 0."""
+    layer = Linear(d_in, d_out, bias=bias, dtype=dtype, rng=rng)
+    xp = rng.xp
+    layer.weight.data = rng.normal((d_out, d_in), std=std, dtype=dtype)
+    if bias:
+        layer.bias.data = xp.zeros((d_out,), dtype=dtype)
+    return layer

@@ -1,0 +1,48 @@
+"""Gradient checkpointing: trade compute for memory by recomputing a block in backward.
+
+``checkpoint(fn, *inputs)`` runs ``fn`` under no_grad, so none of its activations are kept, and
+returns one graph node y whose VJP re-runs ``fn`` with gradients enabled on detached copies of the
+inputs and backpropagates the incoming cotangent g through that fresh graph:
+
+    forward:  y = fn(x_1, ..., x_n)                       (no graph kept)
+    backward: y' = fn(x_1', ..., x_n') with x_i' = detach(x_i);  y'.backward(g);  gx_i = x_i'.grad
+
+Parameters used inside ``fn`` are leaves of the recomputed graph, so their ``.grad`` accumulates
+exactly as without checkpointing. ``rng`` (a backend.Random, e.g. the one dropout draws from) is
+rewound before the recompute so that dropout masks repeat, and restored afterwards.
+"""
+from __future__ import annotations
+
+from ..tensor import Tensor, enable_grad, is_grad_enabled, no_grad
+
+
+def checkpoint(fn, *inputs, rng=None) -> Tensor:
+    """y = fn(*inputs) (a Tensor), recomputed in backward instead of stored. See the module doc."""
+    if not is_grad_enabled():
+        return fn(*inputs)
+    state = None if rng is None else rng.state
+    with no_grad():
+        out = fn(*inputs)
+    if not isinstance(out, Tensor):
+        raise ValueError(f"checkpoint: fn must return a Tensor, got {type(out).__name__}")
+
+    def vjp(g, needs):
+        detached = [Tensor(x.data, requires_grad=needed) if isinstance(x, Tensor) else x
+                    for x, needed in zip(inputs, needs)]
+        after = None if rng is None else rng.state
+        if rng is not None:
+            rng.state = state
+        with enable_grad():
+            again = fn(*detached)
+        if rng is not None:
+            rng.state = after
+        if again.requires_grad:
+            again.backward(g)
+        return tuple(x.grad if needed else None for x, needed in zip(detached, needs))
+
+    # Recorded even when no input requires grad: parameters inside fn may.
+    node = Tensor(out.data, requires_grad=True)
+    node._parents = tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
+    node._vjp = vjp
+    node._op = "checkpoint"
+    return node

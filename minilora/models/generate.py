@@ -1,0 +1,107 @@
+"""Autoregressive generation with a KV cache: greedy, temperature and top-k sampling.
+
+Step 0 runs the whole prompt (B, T0) once and fills the cache; each later step feeds only the last
+token (B, 1), whose keys/values are appended to the cache. Next-token rule on the last logits z (B, V):
+
+    temperature == 0:  argmax z                                              (greedy)
+    otherwise:         sample from softmax(z / temperature) restricted to the top_k largest z,
+                       drawn with the Gumbel-max trick argmax(z / temperature + G), G = -log(-log U),
+                       U ~ Uniform[0, 1) from a backend.Random (same seed, same tokens).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..tensor import no_grad
+from .kv_cache import KVCache
+from .transformer import as_token_ids
+
+
+def next_token(logits, temperature: float = 0.0, top_k: int | None = None, rng=None):
+    """Pick one token per row of logits (B, V) -> int64 (B,) in the logits' namespace."""
+    xp = backend.namespace_of(logits)
+    if temperature == 0.0:
+        return xp.astype(xp.argmax(logits, axis=-1), xp.int64)
+    z = logits / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        v = z.shape[-1]
+        kth = xp.sort(z, axis=-1)[:, v - top_k:v - top_k + 1]  # (B, 1): the k-th largest
+        z = xp.where(z >= kth, z, xp.full_like(z, -math.inf))
+    u = rng.uniform(tuple(z.shape), dtype=z.dtype)
+    gumbel = -xp.log(-xp.log(u))  # u == 0 gives -inf: never chosen
+    return xp.astype(xp.argmax(z + gumbel, axis=-1), xp.int64)
+
+
+def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                    rng=None, eos_token_id: int | None = None, use_cache: bool = True):
+    """Yield the new tokens of each step as host int64 arrays (B,); stops early when every row has emitted eos.
+
+    prompt_ids (T0,) or (B, T0). use_cache=False recomputes the whole prefix each step (the reference
+    the cached path is tested against).
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    xp = model.model.embed_tokens.weight.xp
+    ids = as_token_ids(_as_2d(prompt_ids), xp)  # (B, T0)
+    if temperature > 0 and rng is None:
+        rng = backend.Random(0, xp)
+    cache = KVCache(model.config.num_hidden_layers) if use_cache else None
+    was_training = model.training
+    model.eval()
+    done = np.zeros(ids.shape[0], dtype=bool)
+    try:
+        with no_grad():
+            feed = ids
+            for _ in range(max_new_tokens):
+                logits = model(feed, cache=cache).data[:, -1, :]  # (B, V)
+                token = next_token(logits, temperature, top_k, rng)  # (B,)
+                host = backend.to_numpy(token).astype(np.int64)
+                yield host
+                if eos_token_id is not None:
+                    done |= host == eos_token_id
+                    if done.all():
+                        return
+                step = xp.reshape(token, (-1, 1))  # (B, 1)
+                feed = step if use_cache else xp.concat((feed, step), axis=1)
+    finally:
+        model.train(was_training)
+
+
+def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+             rng=None, eos_token_id: int | None = None, callback=None, use_cache: bool = True):
+    """Prompt followed by the generated tokens, as a host int64 array shaped like prompt_ids plus new steps.
+
+    callback(step, tokens (B,)) is called after each new token (streaming output).
+    """
+    prompt = np.asarray(backend.to_numpy(prompt_ids) if not isinstance(prompt_ids, (list, tuple))
+                        else prompt_ids, dtype=np.int64)
+    rows = [_as_2d_host(prompt)]
+    for step, token in enumerate(stream_generate(model, prompt_ids, max_new_tokens, temperature, top_k,
+                                                 rng, eos_token_id, use_cache)):
+        if callback is not None:
+            callback(step, token)
+        rows.append(token[:, None])
+    out = np.concatenate(rows, axis=1)  # (B, T0 + steps)
+    return out[0] if prompt.ndim == 1 else out
+
+
+def _as_2d(ids):
+    if isinstance(ids, (list, tuple)):
+        ids = np.asarray(ids, dtype=np.int64)
+    if hasattr(ids, "data") and not hasattr(ids, "ndim"):
+        ids = ids.data
+    if getattr(ids, "ndim", None) == 1:
+        xp = backend.namespace_of(ids)
+        return xp.reshape(ids, (1, -1))
+    return ids
+
+
+def _as_2d_host(prompt):
+    return prompt[None, :] if prompt.ndim == 1 else prompt

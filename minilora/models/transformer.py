@@ -1,0 +1,193 @@
+"""One config-driven decoder: GPT-2 style and Llama style, with Hugging Face module names.
+
+    h_0 = E[ids] (+ P[positions] for GPT-2)                          (B, T, C)
+    for each layer:  h = h + Attn(Norm_1(h));   h = h + MLP(Norm_2(h))
+    logits = Norm_f(h) W_head^T                                       (B, T, V)
+
+Llama style: RMSNorm, RoPE inside attention, SwiGLU MLP down(silu(gate(x)) * up(x)), grouped-query
+heads. GPT-2 style: LayerNorm, learned positions ``model.embed_positions``, MLP down(gelu(up(x))).
+Names (what a PEFT ``target_modules`` list refers to):
+
+    model.embed_tokens, model.embed_positions (gpt2), model.layers.{i}.input_layernorm,
+    model.layers.{i}.self_attn.{q,k,v,o}_proj, model.layers.{i}.post_attention_layernorm,
+    model.layers.{i}.mlp.{gate,up,down}_proj (gate: llama only), model.norm, lm_head
+
+With ``tie_word_embeddings`` lm_head.weight IS model.embed_tokens.weight (one Parameter).
+"""
+from __future__ import annotations
+
+from .. import backend, functional as F
+from .. import ops
+from ..nn import Dropout, Embedding, LayerNorm, Module, ModuleList, RMSNorm
+from ..tensor import Tensor
+from .attention import Attention, _linear
+from .checkpoint import checkpoint
+from .config import ModelConfig
+
+INIT_STD = 0.02  # Hugging Face's initializer_range
+
+
+class MLP(Module):
+    """Llama: down(silu(gate(x)) * up(x)); GPT-2: down(gelu(up(x))).  x (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: ModelConfig, dtype, rng):
+        c, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gated = config.style == "llama"
+        if self.gated:
+            self.gate_proj = _linear(c, f, bias, dtype, rng, INIT_STD)
+        self.up_proj = _linear(c, f, bias, dtype, rng, INIT_STD)
+        self.down_proj = _linear(f, c, bias, dtype, rng, INIT_STD)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))  # (B, T, F) -> (B, T, C)
+        return self.down_proj(F.gelu(self.up_proj(x)))
+
+
+class DecoderLayer(Module):
+    """Pre-norm block: h + drop(Attn(norm1(h))), then + drop(MLP(norm2(h)))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype, rng, dropout_rng):
+        self.input_layernorm = _norm(config, dtype, rng.xp)
+        self.self_attn = Attention(config, layer_idx, dtype, rng, INIT_STD)
+        self.post_attention_layernorm = _norm(config, dtype, rng.xp)
+        self.mlp = MLP(config, dtype, rng)
+        self.dropout = Dropout(config.dropout, dropout_rng)
+
+    def forward(self, h: Tensor, rope=None, cache=None) -> Tensor:
+        h = h + self.dropout(self.self_attn(self.input_layernorm(h), rope=rope, cache=cache))
+        return h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
+
+
+class DecoderModel(Module):
+    """Embeddings, the stack of DecoderLayers and the final norm (Hugging Face's ``model.``)."""
+
+    def __init__(self, config: ModelConfig, dtype, rng, dropout_rng):
+        xp = rng.xp
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype=dtype, rng=rng, std=INIT_STD)
+        if config.style == "gpt2":
+            self.embed_positions = Embedding(config.max_position_embeddings, config.hidden_size,
+                                             dtype=dtype, rng=rng, std=INIT_STD)
+        self.layers = ModuleList(DecoderLayer(config, i, dtype, rng, dropout_rng)
+                                 for i in range(config.num_hidden_layers))
+        self.norm = _norm(config, dtype, xp)
+        self.dropout = Dropout(config.dropout, dropout_rng)
+        self.dropout_rng = dropout_rng
+        self.gradient_checkpointing = False
+
+    def forward(self, ids, cache=None) -> Tensor:
+        """ids int (B, T) in the parameters' namespace -> final hidden states (B, T, C)."""
+        cfg = self.config
+        xp = self.embed_tokens.weight.xp
+        start = 0 if cache is None else cache.length
+        t = ids.shape[1]
+        if start + t > cfg.max_position_embeddings:
+            raise ValueError(f"input_ids: positions up to {start + t} exceed max_position_embeddings "
+                             f"{cfg.max_position_embeddings}")
+        positions = xp.arange(start, start + t, dtype=xp.int64)  # (T,)
+        h = self.embed_tokens(ids)  # (B, T, C)
+        rope = None
+        if cfg.style == "gpt2":
+            h = h + self.embed_positions(positions)  # (T, C) broadcasts over B
+        else:
+            cos, sin = F.rope_tables(xp, positions, cfg.head_dim, base=cfg.rope_theta,
+                                     interleaved=cfg.rope_interleaved, dtype=h.dtype)  # (T, hs)
+            rope = (xp.reshape(cos, (t, 1, cfg.head_dim)), xp.reshape(sin, (t, 1, cfg.head_dim)))  # (T, 1, hs)
+        h = self.dropout(h)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and cache is None:
+                h = checkpoint(lambda x, layer=layer: layer(x, rope=rope), h, rng=self.dropout_rng)
+            else:
+                h = layer(h, rope=rope, cache=cache)
+        return self.norm(h)
+
+
+class Transformer(Module):
+    """The decoder with its language-model head: forward(input_ids, cache=None) -> logits (B, T, V).
+
+    dtype: an xp dtype or its name ("float32", "float64"); default float32. seed: the init seed.
+    Weights are created in the current backend (``minilora.use_backend``).
+    """
+
+    def __init__(self, config: ModelConfig, dtype=None, seed: int = 0):
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"Transformer: config must be a ModelConfig, got {type(config).__name__}")
+        config.validate()
+        xp = backend.current_namespace()
+        dtype = xp.float32 if dtype is None else (getattr(xp, dtype) if isinstance(dtype, str) else dtype)
+        rng = backend.Random(seed, xp)
+        self.config = config
+        self.model = DecoderModel(config, dtype, rng, backend.Random(seed + 1, xp))
+        if config.tie_word_embeddings:
+            self.lm_head = _linear(config.hidden_size, 1, False, dtype, rng, INIT_STD)
+            self.lm_head.out_features = config.vocab_size
+            self.lm_head.weight = self.model.embed_tokens.weight  # the same Parameter
+        else:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, rng, INIT_STD)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.model.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, flag: bool) -> None:
+        self.model.gradient_checkpointing = bool(flag)
+
+    def forward(self, input_ids, cache=None) -> Tensor:
+        """input_ids int (B, T) (array, list or Tensor) -> logits (B, T, V). See KVCache for ``cache``."""
+        ids = as_token_ids(input_ids, self.model.embed_tokens.weight.xp)
+        return self.lm_head(self.model(ids, cache=cache))  # (B, T, V)
+
+    def loss(self, input_ids, targets, ignore_index: int = -100) -> Tensor:
+        """Mean next-token cross entropy; targets (B, T) are already shifted (see lm_loss)."""
+        return lm_loss(self, input_ids, targets, ignore_index=ignore_index)
+
+    def extra_repr(self):
+        c = self.config
+        return (f"style={c.style}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}/{c.num_key_value_heads}, vocab={c.vocab_size}")
+
+
+def lm_loss(model, input_ids, targets, ignore_index: int = -100) -> Tensor:
+    """Cross entropy of logits = model(input_ids) (B, T, V) against targets (B, T) over B*T rows.
+
+    targets[b, t] is the token that should follow input_ids[b, t] (the caller shifts: for a sequence
+    s, input_ids = s[:-1] and targets = s[1:]); positions equal to ignore_index (prompt, padding) do
+    not count. Returns the mean over counted positions (a scalar Tensor).
+    """
+    logits = model(input_ids)  # (B, T, V)
+    b, t, v = logits.shape
+    xp = logits.xp
+    tgt = as_token_ids(targets, xp)
+    if tuple(tgt.shape) != (b, t):
+        raise ValueError(f"lm_loss: targets must have shape {(b, t)} like input_ids, got {tuple(tgt.shape)}")
+    return F.cross_entropy(ops.reshape(logits, shape=(b * t, v)), xp.reshape(tgt, (b * t,)),
+                           ignore_index=ignore_index)
+
+
+def as_token_ids(ids, xp):
+    """Token ids as an int64 (B, T) array of namespace xp; a list, host NumPy array or Tensor is accepted.
+
+    Host NumPy ids are moved to xp (a few integers, on purpose); arrays of another device raise.
+    """
+    if isinstance(ids, Tensor):
+        ids = ids.data
+    if isinstance(ids, (list, tuple)):
+        ids = xp.asarray(ids, dtype=xp.int64)
+    elif backend.backend_name_of(ids) != backend.name_of_namespace(xp):
+        if backend.backend_name_of(ids) != "numpy":
+            raise backend.BackendError(f"input_ids live in {backend.backend_name_of(ids)} but the model in "
+                                       f"{backend.name_of_namespace(xp)}; move them explicitly")
+        ids = backend.from_numpy(ids, xp)
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be a 2-D (batch, time) integer array, got shape {tuple(ids.shape)}")
+    if not xp.isdtype(ids.dtype, "integral"):
+        raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
+    return ids
+
+
+def _norm(config: ModelConfig, dtype, xp) -> Module:
+    if config.style == "llama":
+        return RMSNorm(config.hidden_size, eps=config.norm_eps, dtype=dtype, xp=xp)
+    return LayerNorm(config.hidden_size, eps=config.norm_eps, dtype=dtype, xp=xp)
