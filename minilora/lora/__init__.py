@@ -1,0 +1,10 @@
+"""LoRA: low-rank adapters around frozen layers, injection, merging, several adapters, PEFT files."""
+from .config import CONFIG_CLASSES, LoraConfig, config_from_dict, lora_scaling
+from .inject import ModulesToSaveWrapper, find_targets, inject_adapter, lora_layers
+from .layers import AdapterDict, LoRAEmbedding, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name, is_quantized
+from .model import MODEL_CLASSES, LoraModel, get_lora_model, register_model_class
+
+__all__ = ["LoraConfig", "CONFIG_CLASSES", "config_from_dict", "lora_scaling", "LoRALayer", "LoRALinear",
+           "LoRAEmbedding", "LoRAFactor", "AdapterDict", "check_adapter_name", "is_quantized",
+           "ModulesToSaveWrapper", "find_targets", "inject_adapter", "lora_layers", "LoraModel",
+           "get_lora_model", "register_model_class", "MODEL_CLASSES"]

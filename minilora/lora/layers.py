@@ -1,0 +1,315 @@
+"""LoRA layers: a frozen base layer plus named low-rank adapters, by composition.
+
+LoRALinear (LoRA, arXiv 2106.09685, eq. 3), for every active adapter a:
+
+    y = base(x) + sum_a scaling_a * (dropout(x) A_a^T) B_a^T        x (..., d_in) -> (..., d_out)
+
+A_a (r, d_in), B_a (d_out, r), scaling_a = alpha / r (rsLoRA: alpha / sqrt(r)). The adapter path is
+two thin products (N x d_in x r, then N x r x d_out); B A (d_out x d_in) is formed only to merge.
+The base layer is only *called* (and asked for in_features / out_features), so the same wrapper
+serves a float ``Linear`` and a 4-bit ``Linear4bit``: that composition is QLoRA (2305.14314).
+
+LoRAEmbedding (PEFT's layout): A (r, V) = 0, B (C, r) ~ N(0, 1),
+    y = base(ids) + scaling * A^T[ids] B^T        ids (...,) -> (..., C)
+
+Parameter names follow PEFT: ``base_layer.weight``, ``lora_A.<adapter>.weight``,
+``lora_B.<adapter>.weight``, ``lora_embedding_A.<adapter>``, ``lora_embedding_B.<adapter>``.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend, functional as F, ops
+from ..nn import Module, Parameter
+from ..tensor import Tensor
+from .config import lora_scaling
+
+def check_adapter_name(name) -> str:
+    """Adapter names become path parts and folder names: no dots, separators or '..'.
+
+    Names of AdapterDict's own attributes (``keys``, ``training``, ``forward``, ...) are refused too.
+    """
+    if not isinstance(name, str) or not name or name.startswith("_") or hasattr(AdapterDict, name) \
+            or any(c in name for c in "./\\") or not name.isprintable():
+        raise ValueError(f"adapter_name must be a non-empty name without '.', '/', '\\' or a leading '_', "
+                         f"and not an attribute of AdapterDict; got {name!r}")
+    return name
+
+
+class AdapterDict(Module):
+    """adapter name -> Module or Parameter, stored as attributes so paths read ``lora_A.default.weight``."""
+
+    def __getitem__(self, name):
+        if name not in self:
+            raise KeyError(f"no adapter {name!r} (have {self.keys()})")
+        return vars(self)[name]
+
+    def __setitem__(self, name, value):
+        vars(self)[check_adapter_name(name)] = value
+
+    def __delitem__(self, name):
+        del vars(self)[name]
+
+    def __contains__(self, name):
+        return name in vars(self) and isinstance(vars(self)[name], (Module, Parameter))
+
+    def keys(self):
+        return [k for k, v in vars(self).items() if isinstance(v, (Module, Parameter))]
+
+    def items(self):
+        return [(k, vars(self)[k]) for k in self.keys()]
+
+    def __len__(self):
+        return len(self.keys())
+
+
+class LoRAFactor(Module):
+    """One factor of an adapter: y = x W^T with W (d_out, d_in); no bias."""
+
+    def __init__(self, weight):
+        self.weight = Parameter(weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
+# ---------------------------------------------------------------- the base-weight hook
+def is_quantized(base) -> bool:
+    """A base that can only give its weight back through ``dequantize()`` (e.g. Linear4bit)."""
+    return callable(getattr(base, "dequantize", None))
+
+
+def base_weight(base):
+    """The base's float weight array (d_out, d_in), dequantized for a quantized base."""
+    if is_quantized(base):
+        w = base.dequantize()
+        return w.data if isinstance(w, Tensor) else w
+    return base.weight.data
+
+
+def set_base_weight(base, weight) -> None:
+    """Write a merged weight into the base. Quantized bases cannot take one back (yet)."""
+    if is_quantized(base):
+        raise ValueError(f"cannot merge an adapter in place into a quantized base ({type(base).__name__}): "
+                         "use merge_and_unload(), which returns a float layer holding dequantize() + scaling * B A")
+    base.weight.data = weight
+
+
+def _dtype_and_xp(base):
+    w = getattr(base, "weight", None)
+    if isinstance(w, Tensor) and not is_quantized(base):
+        return w.dtype, w.xp
+    w = base_weight(base)
+    return getattr(base, "compute_dtype", None) or w.dtype, backend.namespace_of(w)
+
+
+class LoRALayer(Module):
+    """What LoRALinear and LoRAEmbedding share: adapters by name, active set, merge bookkeeping."""
+
+    adapter_param_names = ("lora_A", "lora_B")
+
+    def __init__(self, base, rng_seed: int = 0):
+        self.base_layer = base
+        self.r, self.lora_alpha, self.scaling, self.lora_dropout = {}, {}, {}, {}
+        self.active_adapters: list = []
+        self.merged_adapters: list = []  # in merge order; unmerge pops from the end (LIFO)
+        self.adapters_disabled = False
+        dtype, xp = _dtype_and_xp(base)
+        self.dtype, self._rng_seed = dtype, rng_seed
+        self.rng = backend.Random(rng_seed, xp=xp)  # dropout masks
+
+    @property
+    def xp(self):
+        return self.rng.xp
+
+    @property
+    def weight(self):
+        return self.base_layer.weight
+
+    @property
+    def bias(self):
+        return getattr(self.base_layer, "bias", None)
+
+    @property
+    def adapter_names(self) -> list:
+        return list(self.r)
+
+    def set_scale(self, name: str, alpha: float, r: int, use_rslora: bool) -> None:
+        self.r[name], self.lora_alpha[name] = r, alpha
+        self.scaling[name] = lora_scaling(alpha, r, use_rslora)
+
+    # ------------------------------------------------------------ merging
+    def delta_weight(self, name: str):
+        """scaling * (B A) in the base's weight orientation (the merge increment), an array."""
+        raise NotImplementedError
+
+    def merge(self, names=None, safe_merge: bool = False) -> list:
+        """W0 += delta for each adapter in ``names`` (default: active) not merged yet.
+
+        Returns the names that were already merged (skipped). safe_merge: compute the new weight
+        first and raise if it has NaN/Inf, leaving W0 bit-identical.
+        """
+        names = list(self.active_adapters if names is None else names)
+        skipped = [n for n in names if n in self.merged_adapters]
+        for name in names:
+            if name in skipped or name not in self.r:
+                continue
+            merged = base_weight(self.base_layer) + self.delta_weight(name)
+            if safe_merge and not bool(self.xp.all(self.xp.isfinite(merged))):
+                raise ValueError(f"safe_merge: merging adapter {name!r} gives NaN or Inf weights; "
+                                 "the base weight was left unchanged")
+            set_base_weight(self.base_layer, merged)
+            self.merged_adapters.append(name)
+        return skipped
+
+    def unmerge(self, keep: int = 0) -> None:
+        """W0 -= delta for every merged adapter, last merged first (LIFO), until ``keep`` remain."""
+        while len(self.merged_adapters) > keep:
+            name = self.merged_adapters[-1]
+            set_base_weight(self.base_layer, base_weight(self.base_layer) - self.delta_weight(name))
+            self.merged_adapters.pop()
+
+    def merged_base(self, names=None, safe_merge: bool = False) -> Module:
+        """A plain layer with ``names`` (default: active) merged in, for merge_and_unload."""
+        if not is_quantized(self.base_layer):
+            self.merge(names, safe_merge=safe_merge)
+            return self.base_layer
+        return self._dequantized_merged(names, safe_merge)
+
+    def _dequantized_merged(self, names, safe_merge):
+        raise ValueError(f"{type(self).__name__} cannot merge into a quantized base")
+
+    # ------------------------------------------------------------ adapter management
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise ValueError(f"adapter {name!r} is merged into the base weight: unmerge it before deleting")
+        for attr in self.adapter_param_names:
+            del getattr(self, attr)[name]
+        for table in (self.r, self.lora_alpha, self.scaling, self.lora_dropout):
+            table.pop(name, None)
+        self.active_adapters = [a for a in self.active_adapters if a != name]
+
+    def _active_unmerged(self):
+        if self.adapters_disabled:
+            if self.merged_adapters:
+                self.unmerge()  # a disabled layer computes the base alone (PEFT does the same)
+            return []
+        return [a for a in self.active_adapters if a in self.r and a not in self.merged_adapters]
+
+
+class LoRALinear(LoRALayer):
+    """A frozen Linear-like base (needs in_features, out_features, __call__) plus LoRA adapters."""
+
+    def __init__(self, base, rng_seed: int = 0):
+        for attr in ("in_features", "out_features"):
+            if not isinstance(getattr(base, attr, None), int):
+                raise ValueError(f"LoRALinear: base {type(base).__name__} has no integer {attr}")
+        super().__init__(base, rng_seed)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.lora_A, self.lora_B = AdapterDict(), AdapterDict()
+
+    def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
+                     init_lora_weights=True, use_rslora: bool = False, seed: int = 0) -> None:
+        """Add adapter ``name``: A (r, d_in), B (d_out, r), initialised per ``init_lora_weights``.
+
+        True: A ~ U(+-1/sqrt(d_in)) (PyTorch's kaiming_uniform(a=sqrt(5)) = PEFT's default), B = 0.
+        "gaussian": A ~ N(0, std=1/r), B = 0.  False: A as for True, B ~ U(+-1/sqrt(r)).
+        """
+        check_adapter_name(name)
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise ValueError(f"LoRALinear.update_layer: r must be a positive integer, got {r!r}")
+        rng = backend.Random(seed, xp=self.xp)
+        d_in, d_out, dtype = self.in_features, self.out_features, self.dtype
+        if init_lora_weights == "gaussian":
+            a = rng.normal((r, d_in), std=1.0 / r, dtype=dtype)
+        else:
+            bound = 1.0 / math.sqrt(d_in)
+            a = rng.uniform((r, d_in), -bound, bound, dtype=dtype)
+        if init_lora_weights is False:
+            b = rng.uniform((d_out, r), -1.0 / math.sqrt(r), 1.0 / math.sqrt(r), dtype=dtype)
+        else:
+            b = self.xp.zeros((d_out, r), dtype=dtype)
+        self.lora_A[name], self.lora_B[name] = LoRAFactor(a), LoRAFactor(b)
+        self.lora_dropout[name] = float(lora_dropout)
+        self.set_scale(name, lora_alpha, r, use_rslora)
+
+    def delta_weight(self, name: str):
+        """scaling * B @ A, (d_out, d_in)."""
+        xp = self.xp
+        return self.scaling[name] * xp.matmul(self.lora_B[name].weight.data, self.lora_A[name].weight.data)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base_layer(x)  # (..., d_out)
+        for name in self._active_unmerged():
+            h = F.dropout(x, self.lora_dropout[name], self.rng, training=self.training)
+            low = F.linear(h, self.lora_A[name].weight)  # (..., r)
+            y = y + F.linear(low, self.lora_B[name].weight) * self.scaling[name]  # (..., d_out)
+        return y
+
+    def _dequantized_merged(self, names, safe_merge):
+        from ..nn import Linear
+        names = list(self.active_adapters if names is None else names)
+        weight = base_weight(self.base_layer)  # (d_out, d_in), float
+        for name in names:
+            if name in self.r:
+                weight = weight + self.delta_weight(name)
+        if safe_merge and not bool(self.xp.all(self.xp.isfinite(weight))):
+            raise ValueError("safe_merge: the merged weight has NaN or Inf; the base was left unchanged")
+        bias = getattr(self.base_layer, "bias", None)
+        out = Linear(self.in_features, self.out_features, bias=bias is not None,
+                     dtype=weight.dtype, rng=backend.Random(0, xp=self.xp))
+        out.weight = Parameter(weight, requires_grad=False)
+        if bias is not None:
+            out.bias = Parameter(bias.data if isinstance(bias, Tensor) else bias, requires_grad=False)
+        return out
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, adapters={self.adapter_names}, r={self.r}"
+
+
+class LoRAEmbedding(LoRALayer):
+    """A frozen Embedding plus adapters in PEFT's layout: A (r, V), B (C, r)."""
+
+    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
+
+    def __init__(self, base, rng_seed: int = 0):
+        for attr in ("num_embeddings", "embedding_dim"):
+            if not isinstance(getattr(base, attr, None), int):
+                raise ValueError(f"LoRAEmbedding: base {type(base).__name__} has no integer {attr}")
+        super().__init__(base, rng_seed)
+        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+        self.lora_embedding_A, self.lora_embedding_B = AdapterDict(), AdapterDict()
+
+    def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
+                     init_lora_weights=True, use_rslora: bool = False, seed: int = 0) -> None:
+        """Add adapter ``name``. True / "gaussian": A = 0, B ~ N(0, 1); False: A, B ~ N(0, 1).
+
+        Dropout does not apply to embedding adapters (their input is integer ids)."""
+        check_adapter_name(name)
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise ValueError(f"LoRAEmbedding.update_layer: r must be a positive integer, got {r!r}")
+        rng = backend.Random(seed, xp=self.xp)
+        v, c, dtype = self.num_embeddings, self.embedding_dim, self.dtype
+        a = rng.normal((r, v), dtype=dtype) if init_lora_weights is False else self.xp.zeros((r, v), dtype=dtype)
+        self.lora_embedding_A[name] = Parameter(a)
+        self.lora_embedding_B[name] = Parameter(rng.normal((c, r), dtype=dtype))
+        self.lora_dropout[name] = float(lora_dropout)
+        self.set_scale(name, lora_alpha, r, use_rslora)
+
+    def delta_weight(self, name: str):
+        """scaling * (B A)^T, (V, C): the embedding table's orientation."""
+        xp = self.xp
+        ba = xp.matmul(self.lora_embedding_B[name].data, self.lora_embedding_A[name].data)  # (C, V)
+        return self.scaling[name] * ba.mT
+
+    def forward(self, ids) -> Tensor:
+        ids = ids.data if isinstance(ids, Tensor) else ids
+        y = self.base_layer(ids)  # (..., C)
+        for name in self._active_unmerged():
+            a_t = ops.permute(self.lora_embedding_A[name], axes=(1, 0))  # (V, r)
+            rows = ops.embedding(a_t, ids)  # (..., r)
+            y = y + F.linear(rows, self.lora_embedding_B[name]) * self.scaling[name]  # (..., C)
+        return y
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, adapters={self.adapter_names}, r={self.r}"
