@@ -134,8 +134,15 @@ def to_numpy(array):
 
 def from_numpy(array, xp=None):
     """Move a host NumPy array to namespace ``xp`` (default: the current backend)."""
+    import numpy as np
     xp = current_namespace() if xp is None else xp
     name = name_of_namespace(xp)
+    if not isinstance(array, (np.ndarray, np.generic)):
+        if type(array).__module__.split(".")[0] in BACKENDS:
+            raise BackendError(f"from_numpy: expected a host NumPy array, got an array of "
+                               f"{backend_name_of(array)!r}; call to_numpy first")
+        array = np.asarray(array)  # host scalars and nested lists
+    array = np.asarray(array)
     if name == "numpy":
         return array
     return xp.asarray(array)
@@ -176,10 +183,12 @@ class Random:
         host = self._gen.uniform(low, high, shape)
         return self._wrap(host.astype(_host_dtype(dtype)))
 
-    def integers(self, low, high, shape):
+    def integers(self, low, high, shape, dtype=None):
+        """Integers uniform in [low, high); dtype default int64."""
+        dtype = self.xp.int64 if dtype is None else dtype
         if self._name == "cupy":
-            return self._gen.integers(low, high, shape)
-        return self._wrap(self._gen.integers(low, high, shape))
+            return self._gen.integers(low, high, shape, dtype=dtype)
+        return self._wrap(self._gen.integers(low, high, shape, dtype=_host_dtype(dtype)))
 
     @property
     def state(self):
@@ -208,8 +217,11 @@ def _host_dtype(dtype):
 def scatter_add(xp, num_rows: int, indices, values):
     """out (num_rows, C) with out[indices[i]] += values[i] for every i (repeats accumulate).
 
-    indices: (N,) integers, values: (N, C). The embedding lookup's VJP.
+    indices: (N,) integers in [0, num_rows), values: (N, C). The embedding lookup's VJP.
     """
+    if indices.ndim != 1 or values.ndim != 2 or indices.shape[0] != values.shape[0]:
+        raise ValueError(f"scatter_add: expected indices (N,) and values (N, C), got shapes "
+                         f"{tuple(indices.shape)} and {tuple(values.shape)}")
     name = name_of_namespace(xp)
     out = xp.zeros((num_rows, values.shape[1]), dtype=values.dtype)
     if name == "numpy":
@@ -220,6 +232,16 @@ def scatter_add(xp, num_rows: int, indices, values):
         import cupyx
         cupyx.scatter_add(out, indices, values)
         return out
-    # Portable: a one-hot matrix (N, num_rows) transposed times values. O(N * rows * C), fine for a referee.
-    one_hot = xp.astype(indices[:, None] == xp.arange(num_rows)[None, :], values.dtype)
-    return xp.matmul(one_hot.mT, values)
+    # Portable: one-hot (n, num_rows) transposed times values, in row chunks so that the one-hot
+    # matrix stays near _SCATTER_CHUNK elements. O(N * rows * C) work, fine for a referee backend.
+    rows = xp.arange(num_rows, dtype=indices.dtype)[None, :]  # (1, num_rows)
+    step = max(1, _SCATTER_CHUNK // max(num_rows, 1))
+    n = indices.shape[0]
+    for start in range(0, n, step):
+        stop = min(start + step, n)  # out-of-bounds slice stops are not in the standard
+        one_hot = xp.astype(indices[start:stop, None] == rows, values.dtype)  # (n, num_rows)
+        out = out + xp.matmul(one_hot.mT, values[start:stop, ...])
+    return out
+
+
+_SCATTER_CHUNK = 1 << 22

@@ -112,6 +112,7 @@ def composite_rope(x, cos, sin, interleaved=False):
 
 def composite_attention(q, k, v, causal=True, scale=None):
     xp = q.xp
+    kernels.check_attention_shapes(q.shape, k.shape, v.shape, causal)
     b, nh, t, hs = q.shape
     nkv, s_len = k.shape[1], k.shape[2]
     groups = nh // nkv

@@ -71,27 +71,37 @@ def cross_entropy(logits, targets, ignore_index=-100):
     logits (N, V), targets int (N,) -> scalar. loss = sum_valid(logsumexp(z_n) - z_n[t_n]) / n_valid.
     VJP: gz = g * (softmax(z) - onehot(t)) / n_valid on valid rows, 0 on ignored rows.
     A batch with no valid target has loss 0 and gradient 0.
+    Memory: softmax(z) (N, V) is the only saved array; backward adds the gradient (N, V) and a
+    boolean one-hot (N, V). The in-place updates touch only arrays this kernel just made.
     """
     xp = _xp(logits, targets)
     if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
         raise ValueError(f"cross_entropy: expected logits (N, V) and targets (N,), got "
                          f"{tuple(logits.shape)} and {tuple(targets.shape)}")
-    valid = targets != ignore_index
-    safe = xp.where(valid, targets, xp.zeros_like(targets))
+    if not xp.isdtype(targets.dtype, "integral"):
+        raise ValueError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
+    valid = targets != ignore_index  # (N,)
+    safe = xp.where(valid, targets, xp.zeros_like(targets))  # (N,) ignored rows point at class 0
+    if bool(xp.any((safe < 0) | (safe >= logits.shape[1]))):
+        raise ValueError(f"cross_entropy: targets must lie in [0, {logits.shape[1]}) or equal "
+                         f"ignore_index={ignore_index}")
     n_valid = int(xp.sum(xp.astype(valid, xp.int64)))
     denom = float(n_valid if n_valid else 1)
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    lse = xp.log(xp.sum(xp.exp(shifted), axis=1))  # (N,)
-    picked = xp.take_along_axis(shifted, xp.reshape(safe, (-1, 1)), axis=1)[:, 0]
+    row_max = xp.max(logits, axis=1, keepdims=True)  # (N, 1)
+    probs = xp.exp(logits - row_max)  # (N, V), unnormalized for now
+    total = xp.sum(probs, axis=1, keepdims=True)  # (N, 1)
+    probs /= total  # softmax, saved for the VJP
+    lse = xp.log(total[:, 0]) + row_max[:, 0]  # (N,)
+    picked = xp.take_along_axis(logits, xp.reshape(safe, (-1, 1)), axis=1)[:, 0]  # (N,)
     zero = xp.zeros_like(lse)
     loss = xp.sum(xp.where(valid, lse - picked, zero)) / denom
 
     def vjp(g, needs):
-        probs = xp.exp(shifted - xp.reshape(lse, (-1, 1)))
-        one_hot = xp.reshape(safe, (-1, 1)) == xp.arange(logits.shape[1], dtype=safe.dtype)[None, :]
-        grad = probs - xp.astype(one_hot, probs.dtype)
-        scale = xp.where(valid, xp.full_like(lse, 1.0 / denom), zero)
-        return grad * (g * xp.reshape(scale, (-1, 1))), None
+        scale = xp.where(valid, xp.full_like(lse, 1.0 / denom), zero) * g  # (N,)
+        grad = probs * xp.reshape(scale, (-1, 1))  # (N, V)
+        target_hot = xp.reshape(safe, (-1, 1)) == xp.arange(logits.shape[1], dtype=safe.dtype)[None, :]
+        grad[target_hot] -= scale  # one True per row, in row order
+        return grad, None
     return loss, vjp
 
 
@@ -197,6 +207,9 @@ def rope(x, cos, sin, interleaved=False):
     rot is antisymmetric, so the VJP is gx = g * cos - rot(g * sin).
     """
     xp = _xp(x, cos)
+    if x.shape[-1] % 2 or tuple(cos.shape) != tuple(sin.shape) or cos.shape[-1] != x.shape[-1]:
+        raise ValueError(f"rope: expected x (..., T, hs) with even hs and cos, sin (T, hs), got x "
+                         f"{tuple(x.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}")
 
     def rot(z):
         if interleaved:
@@ -215,6 +228,21 @@ def causal_mask(xp, t_q: int, t_k: int):
     return xp.reshape(xp.arange(t_k), (1, -1)) <= rows
 
 
+def check_attention_shapes(q_shape, k_shape, v_shape, causal: bool) -> None:
+    """ValueError unless q (B, nh, T, hs), k = v (B, nkv, S, hs), nkv divides nh, and (causal) T <= S."""
+    q_shape, k_shape, v_shape = tuple(q_shape), tuple(k_shape), tuple(v_shape)
+    if len(q_shape) != 4 or len(k_shape) != 4 or k_shape != v_shape:
+        raise ValueError(f"attention: expected q (B, nh, T, hs) and k, v (B, nkv, S, hs) of equal shape, "
+                         f"got q {q_shape}, k {k_shape}, v {v_shape}")
+    if q_shape[0] != k_shape[0] or q_shape[3] != k_shape[3]:
+        raise ValueError(f"attention: q {q_shape} and k {k_shape} differ in batch size or head size")
+    if k_shape[1] == 0 or q_shape[1] % k_shape[1]:
+        raise ValueError(f"attention: {q_shape[1]} query heads are not a multiple of {k_shape[1]} key/value heads")
+    if causal and q_shape[2] > k_shape[2]:
+        raise ValueError(f"attention: causal attention needs T <= S (queries are the last T of S positions), "
+                         f"got T={q_shape[2]}, S={k_shape[2]}")
+
+
 @primitive(fused=True)
 def attention(q, k, v, causal=True, scale=None):
     """Scaled dot-product attention with grouped-query heads.
@@ -226,10 +254,9 @@ def attention(q, k, v, causal=True, scale=None):
     VJP: gv = P^T g, gP = g v^T, gS = P * (gP - sum(gP * P)), gq = scale gS k, gk = scale gS^T q.
     """
     xp = _xp(q, k, v)
+    check_attention_shapes(q.shape, k.shape, v.shape, causal)
     b, nh, t, hs = q.shape
     nkv, s_len = k.shape[1], k.shape[2]
-    if nh % nkv:
-        raise ValueError(f"attention: {nh} query heads are not a multiple of {nkv} key/value heads")
     groups = nh // nkv
     scale = 1.0 / math.sqrt(hs) if scale is None else scale
     qg = xp.reshape(q, (b, nkv, groups * t, hs))  # (B, nkv, g*T, hs)

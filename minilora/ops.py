@@ -238,14 +238,31 @@ def broadcast_to(a, shape):
     return xp.broadcast_to(a, tuple(shape)), lambda g, needs: (unbroadcast(xp, g, a.shape),)
 
 
+def _basic_key(key, ndim):
+    """``key`` as a tuple that names every axis (the Array API wants a trailing ``...``), or ValueError."""
+    key = key if isinstance(key, tuple) else (key,)
+    for k in key:
+        if not (k is None or k is Ellipsis or isinstance(k, (int, slice))) or isinstance(k, bool):
+            raise ValueError(f"getitem: only basic indexing (ints, slices, None, ...) is differentiable here, "
+                             f"got {type(k).__name__}; use ops.embedding or xp.take for gathers")
+    if Ellipsis not in key and len([k for k in key if k is not None]) < ndim:  # (sum is shadowed here)
+        key = key + (Ellipsis,)
+    return key
+
+
 @primitive()
 def getitem(a, key):
-    """y = a[key] for basic indexing (ints, slices, None, Ellipsis). VJP: ga = zeros with ga[key] = g."""
+    """y = a[key] for basic indexing (ints, slices, None, Ellipsis). VJP: ga = zeros with ga[key] = g.
+
+    ``None`` (new axes) is dropped for the scatter: g is reshaped to a[key without None].
+    """
     xp = _xp(a)
+    key = _basic_key(key, a.ndim)
+    plain = tuple(k for k in key if k is not None)
 
     def vjp(g, needs):
         ga = xp.zeros(a.shape, dtype=g.dtype)
-        ga[key] = g
+        ga[plain] = xp.reshape(g, tuple(a[plain].shape))
         return (ga,)
     return a[key], vjp
 

@@ -136,7 +136,8 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
-        return self._vjp is None
+        """True for tensors not made by a recorded op (parameters, inputs, detached values)."""
+        return self._op is None
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -163,34 +164,52 @@ class Tensor:
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
 
-        grad: the cotangent of self (default 1 for a one-element tensor). The graph is freed after.
+        grad: the cotangent of self, same shape (default 1 for a one-element tensor). The graph is
+        freed as it is walked, so a second backward through it raises. Leaf gradients are fresh,
+        writable arrays of the leaf's dtype (never a view shared with another leaf).
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad "
                                "(no input required grad, or it was made under no_grad())")
+        if _is_freed(self):
+            raise RuntimeError(_FREED_MESSAGE.format(op=self._op))
         xp = self.xp
         if grad is None:
             if self.size != 1:
                 raise ValueError(f"backward() needs a grad argument for a non-scalar output of shape {self.shape}")
             grad = xp.ones(self.data.shape, dtype=self.data.dtype)
-        elif isinstance(grad, Tensor):
-            grad = grad.data
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else grad
+            if isinstance(grad, (int, float)):
+                grad = xp.full(self.data.shape, grad, dtype=self.data.dtype)
+            if tuple(grad.shape) != self.shape:
+                raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, "
+                                 f"expected the output's shape {self.shape}")
         order = _topological_order(self)
         grads = {id(self): grad}
-        for node in reversed(order):
+        while order:
+            node = order.pop()  # reverse topological order; popping lets finished nodes die early
             g = grads.pop(id(node), None)
+            if node._op is None:  # a leaf
+                if g is not None:
+                    g = xp.astype(g, node.data.dtype, copy=True)
+                    node.grad = g if node.grad is None else node.grad + g
+                continue
+            if _is_freed(node):
+                raise RuntimeError(_FREED_MESSAGE.format(op=node._op))
+            parents, vjp = node._parents, node._vjp
+            node._parents, node._vjp = (), None  # free the graph as we go (the op name stays)
             if g is None:
                 continue
-            if node._vjp is None:  # a leaf
-                node.grad = g if node.grad is None else node.grad + g
-                continue
-            needs = tuple(p is not None for p in node._parents)
-            for parent, pg in zip(node._parents, node._vjp(g, needs)):
+            needs = tuple(p is not None for p in parents)
+            for parent, pg in zip(parents, vjp(g, needs)):
                 if parent is None or pg is None:
                     continue
+                if tuple(pg.shape) != parent.shape:
+                    raise RuntimeError(f"the VJP of {node._op!r} returned a cotangent of shape "
+                                       f"{tuple(pg.shape)} for an input of shape {parent.shape}")
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
-            node._parents, node._vjp = (), None  # free the graph as we go
 
     # ------------------------------------------------------------ operators (see ops.py)
     def __add__(self, other): return _ops().add(self, other)
@@ -229,6 +248,14 @@ class Tensor:
     @property
     def T(self):
         return self.transpose(-2, -1)
+
+
+_FREED_MESSAGE = ("backward() reached the output of {op!r} whose graph was already freed by an earlier "
+                  "backward(); compute the loss again (or sum the losses and call backward() once)")
+
+
+def _is_freed(node) -> bool:
+    return node._op is not None and node._vjp is None
 
 
 def _raise_item(shape):

@@ -9,12 +9,11 @@ from hypothesis import HealthCheck, settings
 
 from minilora import backend
 
-settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("dev", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=300, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+# The xp fixture is function-scoped but constant across a test's examples, so reusing it is safe.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 _SKIPPED: dict[str, str] = {}

@@ -28,6 +28,10 @@ class StateDictError(ValueError):
     """A state dict whose keys or shapes do not fit the module."""
 
 
+def _array_of(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
 class Module:
     """Base class of layers and models. Subclasses define ``forward``."""
 
@@ -130,28 +134,38 @@ class Module:
         """Copy arrays into parameters by name, checking every key and shape before changing any.
 
         strict: missing and unexpected keys are errors. The error lists each offending key with the
-        expected and found shapes.
+        expected and found shapes. A tied parameter may be given under any of its names (Hugging Face
+        checkpoints list both ``embed_tokens.weight`` and ``lm_head.weight``). Values may be arrays of
+        any backend or Tensors; they are copied into the parameter's backend and dtype.
         """
-        own = dict(self.named_parameters())
-        problems = []
-        for name, p in own.items():
-            if name not in state:
+        aliases: dict[int, list[str]] = {}
+        params: dict[int, Parameter] = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+            params[id(p)] = p
+        known = {name for names in aliases.values() for name in names}
+        problems, updates = [], []
+        for key, p in params.items():
+            given = [name for name in aliases[key] if name in state]
+            if not given:
                 if strict:
-                    problems.append(f"missing key {name!r} (expected shape {p.shape})")
-            elif tuple(state[name].shape) != p.shape:
-                problems.append(f"key {name!r}: expected shape {p.shape}, found {tuple(state[name].shape)}")
+                    problems.append(f"missing key {aliases[key][0]!r} (expected shape {p.shape})")
+                continue
+            for name in given:
+                found = tuple(_array_of(state[name]).shape)
+                if found != p.shape:
+                    problems.append(f"key {name!r}: expected shape {p.shape}, found {found}")
+            updates.append((p, _array_of(state[given[0]])))
         if strict:
-            problems += [f"unexpected key {name!r} (shape {tuple(v.shape)})" for name, v in state.items()
-                         if name not in own]
+            problems += [f"unexpected key {name!r} (shape {tuple(_array_of(v).shape)})"
+                         for name, v in state.items() if name not in known]
         if problems:
             raise StateDictError("load_state_dict: " + "; ".join(problems))
-        for name, p in own.items():
-            if name in state:
-                value = state[name]
-                xp = p.xp
-                if backend.backend_name_of(value) != backend.name_of_namespace(xp):
-                    value = backend.from_numpy(backend.to_numpy(value), xp)
-                p.data = xp.astype(value, p.dtype, copy=True)
+        for p, value in updates:
+            xp = p.xp
+            if backend.backend_name_of(value) != backend.name_of_namespace(xp):
+                value = backend.from_numpy(backend.to_numpy(value), xp)
+            p.data = xp.astype(value, p.dtype, copy=True)
 
     def astype(self, dtype) -> "Module":
         """Cast every floating parameter to ``dtype`` in place."""
@@ -182,7 +196,10 @@ class ModuleList(Module):
         return sum(1 for _ in self.named_children())
 
     def __getitem__(self, i: int) -> Module:
-        return getattr(self, str(i % len(self)))
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"ModuleList index {i} out of range for {n} modules")
+        return getattr(self, str(i % n))
 
     def __iter__(self):
         return iter(self.children())
