@@ -3,8 +3,13 @@ from .config import CONFIG_CLASSES, LoraConfig, config_from_dict, lora_scaling
 from .inject import ModulesToSaveWrapper, find_targets, inject_adapter, lora_layers
 from .layers import AdapterDict, LoRAEmbedding, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name, is_quantized
 from .model import MODEL_CLASSES, LoraModel, get_lora_model, register_model_class
+from .save_load import (AdapterLoadError, adapter_parameters, adapter_state_dict, load_adapter, read_adapter,
+                        save_adapter)
+from .weighted import add_weighted_adapter
 
 __all__ = ["LoraConfig", "CONFIG_CLASSES", "config_from_dict", "lora_scaling", "LoRALayer", "LoRALinear",
            "LoRAEmbedding", "LoRAFactor", "AdapterDict", "check_adapter_name", "is_quantized",
            "ModulesToSaveWrapper", "find_targets", "inject_adapter", "lora_layers", "LoraModel",
-           "get_lora_model", "register_model_class", "MODEL_CLASSES"]
+           "get_lora_model", "register_model_class", "MODEL_CLASSES",
+           "save_adapter", "load_adapter", "read_adapter", "adapter_state_dict", "adapter_parameters",
+           "AdapterLoadError", "add_weighted_adapter"]

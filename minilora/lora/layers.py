@@ -179,6 +179,23 @@ class LoRALayer(Module):
     def _dequantized_merged(self, names, safe_merge):
         raise ValueError(f"{type(self).__name__} cannot merge into a quantized base")
 
+    # ------------------------------------------------------------ factors as plain arrays
+    def factors(self, name: str) -> tuple:
+        """(A, B) arrays of adapter ``name``, shapes (r, n_A) and (m_B, r) as stored."""
+        a, b = (getattr(self, attr)[name] for attr in self.adapter_param_names)
+        return tuple(t.weight.data if isinstance(t, Module) else t.data for t in (a, b))
+
+    def set_factors(self, name: str, a, b, scaling: float) -> None:
+        """Create or overwrite adapter ``name`` with the given A, B arrays and scaling."""
+        holders = [getattr(self, attr) for attr in self.adapter_param_names]
+        for holder, value in zip(holders, (a, b)):
+            if isinstance(self, LoRALinear):
+                holder[name] = LoRAFactor(value)
+            else:
+                holder[name] = Parameter(value)
+        self.r[name], self.lora_alpha[name], self.scaling[name] = int(a.shape[0]), float(a.shape[0]), scaling
+        self.lora_dropout.setdefault(name, 0.0)
+
     # ------------------------------------------------------------ adapter management
     def delete_adapter(self, name: str) -> None:
         if name in self.merged_adapters:

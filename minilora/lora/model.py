@@ -115,6 +115,13 @@ class LoraModel(Module):
         for _, wrapper in save_wrappers(self.model):
             wrapper.set_adapter(self.active_adapters)
 
+    def add_weighted_adapter(self, adapters, weights, adapter_name: str, combination_type: str = "linear",
+                             svd_rank=None) -> None:
+        """New adapter = weighted combination of ``adapters`` ("linear": exact sum of deltas;
+        "svd": its truncated SVD at rank ``svd_rank``). See weighted.py for the math."""
+        from .weighted import add_weighted_adapter
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
+
     # ------------------------------------------------------------ counting
     def get_nb_trainable_parameters(self) -> tuple:
         """(trainable, total) parameter counts (PEFT's name)."""

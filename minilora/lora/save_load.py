@@ -1,0 +1,207 @@
+"""Adapter files in Hugging Face PEFT's format, so adapters move between minilora and PEFT.
+
+A folder holds ``adapter_model.safetensors`` and ``adapter_config.json`` (keys sorted, indent 2,
+``peft_type: "LORA"``). Tensor keys drop the adapter name, as PEFT does:
+
+    base_model.model.<path>.lora_A.weight           (r, d_in)
+    base_model.model.<path>.lora_B.weight           (d_out, r)
+    base_model.model.<path>.lora_embedding_A        (r, V)
+    base_model.model.<path>.lora_embedding_B        (C, r)
+    base_model.model.<path>.base_layer.bias         (bias="all" or "lora_only")
+    base_model.model.<module path>.<param>          (modules_to_save copies)
+
+The "default" adapter lives in the folder itself, any other in ``<folder>/<adapter name>/``.
+Reading uses safetensors (never pickle); loading checks every key and shape first and raises one
+error listing all problems, leaving the model untouched. Writes are atomic (temp file + rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .. import backend
+from ..nn import Module
+from .config import config_from_dict
+from .inject import adapter_shapes, find_targets, lora_layers, matches, save_wrappers, walk
+from .layers import LoRALayer, check_adapter_name
+from .model import LoraModel, get_lora_model
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+PREFIX = "base_model.model."
+
+
+class AdapterLoadError(ValueError):
+    """An adapter file that does not fit the model: every offending key is listed."""
+
+
+def adapter_parameters(lora_model: LoraModel, adapter_name: str = "default") -> dict:
+    """{saved key: Parameter} of one adapter (PEFT's get_peft_model_state_dict, as live tensors)."""
+    if adapter_name not in lora_model.peft_config:
+        raise ValueError(f"no adapter {adapter_name!r}; have {list(lora_model.peft_config)}")
+    config = lora_model.peft_config[adapter_name]
+    out = {}
+    for path, layer in lora_layers(lora_model.model):
+        if adapter_name not in layer.r:
+            continue
+        for attr in layer.adapter_param_names:
+            holder = getattr(layer, attr)[adapter_name]
+            if isinstance(holder, Module):
+                out[f"{PREFIX}{path}.{attr}.weight"] = holder.weight
+            else:
+                out[f"{PREFIX}{path}.{attr}"] = holder
+        bias = getattr(layer.base_layer, "bias", None)
+        if config.bias == "lora_only" and bias is not None:
+            out[f"{PREFIX}{path}.base_layer.bias"] = bias
+    if config.bias == "all":
+        for name, p in lora_model.model.named_parameters():
+            if name.split(".")[-1] == "bias" and ".modules_to_save." not in name and ".original_module." not in name:
+                out[PREFIX + name] = p
+    for path, wrapper in save_wrappers(lora_model.model):
+        if adapter_name in wrapper.modules_to_save:
+            for name, p in wrapper.modules_to_save[adapter_name].named_parameters():
+                out[f"{PREFIX}{path}.{name}"] = p
+    return out
+
+
+def adapter_state_dict(lora_model: LoraModel, adapter_name: str = "default") -> dict:
+    """{saved key: host NumPy array} of one adapter, exactly what save_adapter writes."""
+    return {k: np.ascontiguousarray(backend.to_numpy(p.data))
+            for k, p in adapter_parameters(lora_model, adapter_name).items()}
+
+
+def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
+    """Write adapters to ``directory`` in PEFT's layout; returns the folders written.
+
+    adapter_name: None = every adapter, a name or a list of names otherwise.
+    """
+    if not isinstance(lora_model, LoraModel):
+        raise ValueError(f"save_adapter: expected a LoraModel, got {type(lora_model).__name__}")
+    names = list(lora_model.peft_config) if adapter_name is None else (
+        [adapter_name] if isinstance(adapter_name, str) else list(adapter_name))
+    written = []
+    for name in names:
+        check_adapter_name(name)
+        folder = os.path.join(os.fspath(directory), "" if name == "default" else name)
+        os.makedirs(folder, exist_ok=True)
+        tensors = adapter_state_dict(lora_model, name)
+        from safetensors.numpy import save as safetensors_bytes
+        _atomic_write(os.path.join(folder, WEIGHTS_NAME), safetensors_bytes(tensors, metadata={"format": "pt"}))
+        config = lora_model.peft_config[name].to_dict()
+        config["inference_mode"] = True
+        if config.get("base_model_name_or_path") is None:
+            config["base_model_name_or_path"] = getattr(lora_model.model, "name_or_path", None)
+        _atomic_write(os.path.join(folder, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True).encode())
+        written.append(folder)
+    return written
+
+
+def read_adapter(directory) -> tuple:
+    """(config, {key: NumPy array}) from a PEFT adapter folder."""
+    folder = os.fspath(directory)
+    config_path, weights_path = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"load_adapter: {path} does not exist")
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"load_adapter: {config_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"load_adapter: {config_path} must hold a JSON object")
+    from safetensors.numpy import load_file
+    return config_from_dict(data), load_file(weights_path)
+
+
+def load_adapter(model: Module, directory, adapter_name: str = "default", is_trainable: bool = False,
+                 seed: int = 0) -> LoraModel:
+    """Load a PEFT adapter folder into ``model`` (a LoraModel, or a plain model to wrap).
+
+    A new ``adapter_name`` is injected from the file's config first; an existing one gets its
+    tensors overwritten. Every key and shape is checked before anything changes. is_trainable:
+    whether the loaded adapter's parameters require grad (PEFT's default: False, for inference).
+    Returns the LoraModel.
+    """
+    check_adapter_name(adapter_name)
+    config, tensors = read_adapter(directory)
+    existing = isinstance(model, LoraModel) and adapter_name in model.peft_config
+    base = model.model if isinstance(model, LoraModel) else model
+    if existing:
+        expected = {k: p.shape for k, p in adapter_parameters(model, adapter_name).items()}
+    else:
+        expected = expected_shapes(base, config)
+    _check(expected, tensors, directory)
+
+    if not existing:
+        if isinstance(model, LoraModel):
+            model.add_adapter(adapter_name, config)
+        else:
+            model = get_lora_model(model, config, adapter_name=adapter_name, seed=seed)
+    params = adapter_parameters(model, adapter_name)
+    for key, p in params.items():
+        p.data = p.xp.astype(backend.from_numpy(np.ascontiguousarray(tensors[key]), p.xp), p.dtype, copy=True)
+    for p in params.values():
+        p.requires_grad = bool(is_trainable) and adapter_name in model.active_adapters
+    model.peft_config[adapter_name].inference_mode = not is_trainable
+    return model
+
+
+def expected_shapes(base: Module, config) -> dict:
+    """{saved key: shape} that an adapter with ``config`` has on ``base`` (nothing is changed)."""
+    try:
+        targets = find_targets(base, config)
+    except ValueError as exc:
+        raise AdapterLoadError(f"the adapter does not fit this model: {exc}") from None
+    out = {}
+    for path, module in targets:
+        for suffix, shape in adapter_shapes(module, config.rank_for(path)).items():
+            out[f"{PREFIX}{path}.{suffix}"] = shape
+        inner = module.base_layer if isinstance(module, LoRALayer) else module
+        bias = getattr(inner, "bias", None)
+        if config.bias == "lora_only" and bias is not None:
+            out[f"{PREFIX}{path}.base_layer.bias"] = bias.shape
+    if config.bias == "all":
+        lora_paths = {p for p, _ in targets}
+        for name, p in base.named_parameters():
+            owner = name.rpartition(".")[0]
+            if name.split(".")[-1] == "bias" and ".modules_to_save." not in name and ".original_module." not in name:
+                key = f"{owner}.base_layer.bias" if owner in lora_paths else name
+                out[PREFIX + key] = p.shape
+    for path, module in walk(base):
+        if config.modules_to_save and matches(config.modules_to_save, path):
+            inner = getattr(module, "original_module", module)
+            for name, p in inner.named_parameters():
+                out[f"{PREFIX}{path}.{name}"] = p.shape
+    return out
+
+
+def _check(expected: dict, tensors: dict, directory) -> None:
+    problems = [f"missing key {k!r} (expected shape {tuple(s)})" for k, s in expected.items() if k not in tensors]
+    problems += [f"key {k!r}: expected shape {tuple(s)}, found {tuple(tensors[k].shape)}"
+                 for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != tuple(s)]
+    problems += [f"unexpected key {k!r} (found shape {tuple(v.shape)})" for k, v in tensors.items() if k not in expected]
+    problems += [f"key {k!r}: dtype {v.dtype} is not floating point" for k, v in tensors.items()
+                 if k in expected and v.dtype.kind != "f"]
+    if problems:
+        raise AdapterLoadError(f"load_adapter({os.fspath(directory)!r}): the file does not fit the model; "
+                               f"nothing was changed. {len(problems)} problem(s): " + "; ".join(problems))
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, then rename it over ``path``."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
