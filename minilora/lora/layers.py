@@ -146,21 +146,38 @@ class LoRALayer(Module):
     def merge(self, names=None, safe_merge: bool = False) -> list:
         """W0 += delta for each adapter in ``names`` (default: active) not merged yet.
 
-        Returns the names that were already merged (skipped). safe_merge: compute the new weight
-        first and raise if it has NaN/Inf, leaving W0 bit-identical.
+        Returns the names that were already merged (skipped). safe_merge: a merged weight with
+        NaN/Inf raises, and W0 is left bit-identical (the arrays before the call are put back).
         """
         names = list(self.active_adapters if names is None else names)
         skipped = [n for n in names if n in self.merged_adapters]
-        for name in names:
-            if name in skipped or name not in self.r:
-                continue
-            merged = base_weight(self.base_layer) + self.delta_weight(name)
-            if safe_merge and not bool(self.xp.all(self.xp.isfinite(merged))):
-                raise ValueError(f"safe_merge: merging adapter {name!r} gives NaN or Inf weights; "
-                                 "the base weight was left unchanged")
-            set_base_weight(self.base_layer, merged)
-            self.merged_adapters.append(name)
+        state = self.snapshot()
+        try:
+            for name in names:
+                if name in skipped or name not in self.r:
+                    continue
+                merged = base_weight(self.base_layer) + self.delta_weight(name)
+                if safe_merge and not bool(self.xp.all(self.xp.isfinite(merged))):
+                    raise ValueError(f"safe_merge: merging adapter {name!r} gives NaN or Inf weights; "
+                                     "the base weight was left unchanged")
+                set_base_weight(self.base_layer, merged)
+                self.merged_adapters.append(name)
+        except ValueError:
+            self.restore(state)
+            raise
         return skipped
+
+    def snapshot(self):
+        """The base weight array and merged list as they are now (merging never mutates an array in
+        place, so keeping the reference is enough to restore W0 bit for bit)."""
+        weight = None if is_quantized(self.base_layer) else self.base_layer.weight.data
+        return weight, list(self.merged_adapters)
+
+    def restore(self, state) -> None:
+        weight, merged = state
+        if weight is not None:
+            self.base_layer.weight.data = weight
+        self.merged_adapters = list(merged)
 
     def unmerge(self, keep: int = 0) -> None:
         """W0 -= delta for every merged adapter, last merged first (LIFO), until ``keep`` remain."""

@@ -158,10 +158,12 @@ class LoraModel(Module):
         scaling B A), modules_to_save wrappers become the active copy. This LoraModel is spent."""
         names = self._names(adapter_names)
         layers = lora_layers(self.model)
+        with no_grad():  # quantized bases first: they build new layers and change nothing
+            replacements = [(path, layer.merged_base(names, safe_merge)) for path, layer in layers
+                            if is_quantized(layer.base_layer)]
         plain = [(p, layer) for p, layer in layers if not is_quantized(layer.base_layer)]
         self._merge_layers(plain, names, safe_merge)
-        with no_grad():
-            replacements = [(path, layer.merged_base(names, safe_merge)) for path, layer in layers]
+        replacements += [(path, layer.base_layer) for path, layer in plain]
         for path, module in replacements:
             self.model.set_submodule(path, module)
         for path, wrapper in save_wrappers(self.model):
@@ -179,17 +181,17 @@ class LoraModel(Module):
 
     @staticmethod
     def _merge_layers(layers, names, safe_merge) -> set:
-        """Merge ``names`` into every layer, all or nothing: on an error the layers merged so far are
-        restored. Returns the names found merged already."""
+        """Merge ``names`` into every layer, all or nothing: on an error every layer gets its weight
+        array from before the call back. Returns the names found merged already."""
         skipped, done = set(), []
         with no_grad():
             try:
                 for _, layer in layers:
-                    done.append((layer, len(layer.merged_adapters)))
+                    done.append((layer, layer.snapshot()))
                     skipped.update(layer.merge(names, safe_merge=safe_merge))
             except ValueError:
-                for layer, keep in reversed(done):
-                    layer.unmerge(keep=keep)
+                for layer, state in reversed(done):
+                    layer.restore(state)  # bit-identical: the old arrays are put back
                 raise
         return skipped
 
