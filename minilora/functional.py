@@ -47,7 +47,9 @@ def rope_tables(xp, positions, head_dim: int, base: float = 10000.0, interleaved
 # ------------------------------------------------------------------ composites (the definitions)
 
 def composite_linear(x, weight, bias=None):
-    y = ops.matmul(x, ops.permute(weight, axes=(1, 0)))
+    x2 = ops.reshape(x, shape=(1, x.shape[0])) if x.ndim == 1 else x  # matmul wants 2-D operands
+    y = ops.matmul(x2, ops.permute(weight, axes=(1, 0)))  # (..., d_out)
+    y = ops.reshape(y, shape=(weight.shape[0],)) if x.ndim == 1 else y
     return y if bias is None else y + bias
 
 
