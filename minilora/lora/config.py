@@ -75,8 +75,8 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
-            if isinstance(value, (set, tuple)):
-                value = sorted(value)
+            if isinstance(value, (set, tuple, list)) and all(isinstance(v, str) for v in value):
+                value = sorted(set(value))  # order does not matter (PEFT keeps a set)
                 setattr(self, name, value)
             if value is None:
                 continue

@@ -110,7 +110,7 @@ class LoraModel(Module):
                 bias.requires_grad = True
         if "all" in bias_modes:
             for name, p in self.model.named_parameters():
-                if name.split(".")[-1] == "bias" and ".modules_to_save." not in name:
+                if name.split(".")[-1] == "bias" and not _inside_save_wrapper(name):
                     p.requires_grad = True
         for _, wrapper in save_wrappers(self.model):
             wrapper.set_adapter(self.active_adapters)
@@ -229,6 +229,12 @@ class LoraModel(Module):
                     layer.merge(merged)
             for w, disabled in wrappers_before:
                 w.adapters_disabled = disabled
+
+
+def _inside_save_wrapper(name: str) -> bool:
+    """modules_to_save copies train by their own rule; the original module stays frozen."""
+    return ".modules_to_save." in name or ".original_module." in name or name.startswith(
+        ("modules_to_save.", "original_module."))
 
 
 # config class -> model class; AdaLoRA registers its own pair here.
