@@ -316,3 +316,27 @@ def test_bad_inputs(xp):
             get_lora_model(ToyLM(xp), LoraConfig(target_modules=["q_proj"]), adapter_name=bad)
     x = Tensor(xp.ones((2, 3), dtype=xp.float64))
     assert x.shape == (2, 3)
+
+
+@settings(max_examples=10)
+@given(d_in=st.integers(1, 7), d_out=st.integers(1, 7), r_pick=st.integers(0, 6), alpha=st.sampled_from([1.0, 8.0, 3.5]),
+       rslora=st.booleans(), dtype=st.sampled_from(["float64", "float32"]))
+def test_model_level_merge_disable_unload_properties(xp, d_in, d_out, r_pick, alpha, rslora, dtype):
+    r = 1 + r_pick % min(d_in, d_out)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+
+    def fresh():
+        base = ToyLM(xp, d=d_in, n_layers=2, dtype=getattr(xp, dtype), d_out=d_out)
+        return base, get_lora_model(base, LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora,
+                                                     target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+    ids = ids_for(xp)
+    base, model = fresh()
+    with model.disable_adapter():
+        base_out = out(model, ids)
+    adapted = out(model, ids)
+    assert not np.allclose(adapted, base_out, rtol=1e-7, atol=1e-9)
+    close(out(model.merge_and_unload(), ids), adapted, **tol)  # merge_and_unload == unmerged model
+    _, model = fresh()
+    model.merge_adapter()
+    close(out(model, ids), adapted, **tol)
+    close(out(model.unload(), ids), base_out, **tol)  # unload == base model

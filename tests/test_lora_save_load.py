@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from minilora import backend
@@ -155,3 +157,21 @@ def test_weighted_adapter_saves_and_reloads(xp, tmp_path):
     save_adapter(model, tmp_path, adapter_name="mix")
     fresh = load_adapter(ToyLM(xp), tmp_path / "mix", adapter_name="mix")
     np.testing.assert_allclose(out(fresh, ids), expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=8)
+@given(d=st.integers(1, 6), r_pick=st.integers(0, 5), dtype=st.sampled_from(["float64", "float32"]),
+       targets=st.sampled_from([["q_proj"], ["v_proj", "embed_tokens"], "all-linear"]))
+def test_round_trip_property(xp, tmp_path_factory, d, r_pick, dtype, targets):
+    r = 1 + r_pick % d
+    folder = tmp_path_factory.mktemp("adapter")
+    model = get_lora_model(ToyLM(xp, d=d, dtype=getattr(xp, dtype)),
+                           LoraConfig(r=r, target_modules=targets, init_lora_weights=False), seed=3)
+    save_adapter(model, folder)
+    fresh = load_adapter(ToyLM(xp, d=d, dtype=getattr(xp, dtype)), folder)
+    saved, loaded = adapter_state_dict(model), adapter_state_dict(fresh)
+    assert sorted(saved) == sorted(loaded)
+    for key in saved:
+        assert saved[key].dtype == loaded[key].dtype and np.array_equal(saved[key], loaded[key])
+    ids = ids_for(xp)
+    np.testing.assert_array_equal(out(fresh, ids), out(model, ids))
