@@ -1,0 +1,7 @@
+"""4-bit NF4/FP4 quantization with double quantization, and the Linear4bit layer (QLoRA)."""
+from .codebooks import dynamic_map, fp4_code, get_code, nf4_code
+from .quantize import dequantize_4bit, dequantized_absmax, quantize_4bit
+from .state import QuantState, load_quantized, save_quantized
+
+__all__ = ["quantize_4bit", "dequantize_4bit", "dequantized_absmax", "QuantState", "save_quantized",
+           "load_quantized", "nf4_code", "fp4_code", "dynamic_map", "get_code"]

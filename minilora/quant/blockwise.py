@@ -1,0 +1,112 @@
+"""Blockwise 4-bit quantization: blocks, absmax scaling, nearest code, two codes per byte.
+
+For x flattened in C order into blocks of ``blocksize`` (the last block may be short):
+
+    absmax_b = max_i |x_bi|                        one float32 per block
+    s_bi     = clip(x_bi / absmax_b, -1, 1)        (full blocks: x * f32(1 / absmax), last short
+                                                    block: x / absmax, both with absmax >= 1e-38)
+    q_bi     = the code whose value is nearest to s_bi; a value exactly on a midpoint between two
+               neighbouring values takes the lower one (k = #{midpoints m_k < s})
+    byte_j   = q_{2j} << 4 | q_{2j+1}              first element in the HIGH nibble
+    x'_bi    = code[q_bi] * absmax_b               dequantization
+
+This is bitsandbytes' arithmetic operation for operation (float32 throughout), so bytes and absmax
+agree bit for bit. An all-zero block has absmax 0, codes of 0.0 and dequantizes to exact zeros.
+The nearest-code search is a branch-free binary search over the 15 sorted midpoints: four
+comparisons per element instead of sixteen distances.
+"""
+from __future__ import annotations
+
+from .codebooks import code_array, sorted_midpoints
+
+ABSMAX_FLOOR = 1e-38  # bitsandbytes clamps the divisor, so all-zero blocks give 0 / 1e-38 = 0
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def check_blocksize(blocksize) -> int:
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize must be one of {BLOCKSIZES}, got {blocksize!r}")
+    return int(blocksize)
+
+
+def to_blocks(xp, flat, blocksize: int):
+    """flat (n,) -> (n_blocks, blocksize), the last block padded with zeros."""
+    n = flat.shape[0]
+    n_blocks = -(-n // blocksize)
+    pad = n_blocks * blocksize - n
+    if pad:
+        flat = xp.concat([flat, xp.zeros((pad,), dtype=flat.dtype)])
+    return xp.reshape(flat, (n_blocks, blocksize))  # (n_blocks, blocksize)
+
+
+def block_absmax(xp, blocks):
+    """(n_blocks, blocksize) -> (n_blocks,) max |x| per block (zero padding does not change it)."""
+    return xp.max(xp.abs(blocks), axis=1)
+
+
+def scale_blocks(xp, blocks, absmax, n: int):
+    """s = clip(x / absmax, -1, 1) per block, with bitsandbytes' rounding (see module doc)."""
+    floor = xp.asarray(ABSMAX_FLOOR, dtype=xp.float32)
+    divisor = xp.maximum(absmax, floor)  # (n_blocks,)
+    n_blocks, blocksize = blocks.shape
+    n_full = n // blocksize
+    scaled = blocks[:n_full, :] * (1.0 / divisor[:n_full])[:, None]  # (n_full, blocksize)
+    if n_full < n_blocks:  # the short last block divides
+        scaled = xp.concat([scaled, blocks[n_full:, :] / divisor[n_full:, None]], axis=0)
+    return xp.clip(scaled, -1.0, 1.0)
+
+
+def nearest_code(xp, scaled, quant_type: str):
+    """uint8 code index of the nearest code value (ties to the lower value), any shape.
+
+    k = #{m : m < s} by binary search over the sorted midpoints, then k -> code index.
+    """
+    mids, order = sorted_midpoints(quant_type)
+    mids = code_array(xp, mids + (mids[-1],))  # (16,): padded so every probe index is valid
+    k = xp.zeros(scaled.shape, dtype=xp.int32)
+    for step in (8, 4, 2, 1):
+        probe = xp.take(mids, xp.reshape(k + (step - 1), (-1,)))
+        k = k + step * xp.astype(xp.reshape(probe, scaled.shape) < scaled, xp.int32)
+    if list(order) != list(range(16)):  # FP4 is not stored in value order
+        k = xp.take(xp.asarray(list(order), dtype=xp.int32), xp.reshape(k, (-1,)))
+    return xp.reshape(xp.astype(k, xp.uint8), scaled.shape)
+
+
+def pack_nibbles(xp, codes, n: int):
+    """codes (>= n + n % 2,) uint8 in [0, 15] -> ((n + 1) // 2,) bytes, first code in the high nibble.
+
+    For odd n the code after the last element fills the low nibble (that of a padded 0.0).
+    """
+    pairs = xp.reshape(codes[: n + n % 2], (-1, 2))  # (n_bytes, 2)
+    return (pairs[:, 0] << 4) | pairs[:, 1]
+
+
+def unpack_nibbles(xp, packed, n: int):
+    """(n_bytes,) uint8 -> (n,) uint8 codes (high nibble first)."""
+    pairs = xp.stack([packed >> 4, packed & 15], axis=1)  # (n_bytes, 2)
+    return xp.reshape(pairs, (-1,))[:n]
+
+
+def byte_table(xp, code):
+    """code (16,) -> (256, 2) values of the (high, low) nibbles of every byte value.
+
+    Dequantization then costs one gather per byte instead of two shifts and two gathers.
+    """
+    byte = xp.arange(256, dtype=xp.int32)
+    return xp.stack([xp.take(code, byte >> 4), xp.take(code, byte & 15)], axis=1)  # (256, 2)
+
+
+def quantize_blocks_4bit(xp, flat, blocksize: int, quant_type: str):
+    """flat (n,) float32 -> (packed (ceil(n/2),) uint8, absmax (n_blocks,) float32)."""
+    n = flat.shape[0]
+    blocks = to_blocks(xp, flat, blocksize)  # (n_blocks, blocksize)
+    absmax = block_absmax(xp, blocks)
+    codes = nearest_code(xp, scale_blocks(xp, blocks, absmax, n), quant_type)
+    return pack_nibbles(xp, xp.reshape(codes, (-1,)), n), absmax
+
+
+def dequantize_blocks_4bit(xp, packed, absmax, n: int, blocksize: int, code):
+    """packed (ceil(n/2),) uint8, absmax (n_blocks,), code (16,) -> (n,) float32 = code[q] * absmax."""
+    values = xp.reshape(xp.take(byte_table(xp, code), packed, axis=0), (-1,))  # (2 * n_bytes,)
+    blocks = to_blocks(xp, values[:n], blocksize)  # (n_blocks, blocksize)
+    return xp.reshape(blocks * absmax[:, None], (-1,))[:n]
