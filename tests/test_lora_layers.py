@@ -266,3 +266,13 @@ def test_quantized_base_forward_and_merge_and_unload(xp):
     plain = model.merge_and_unload()
     assert isinstance(plain.q_proj, nn.Linear)
     close(plain(x).data, y.data)
+
+
+def test_quantized_base_adapters_use_its_compute_dtype():
+    """A dtype *instance* is falsy in NumPy (len 0): the compute dtype must still be honoured."""
+    base = FakeLinear4bit(np, 4, 3)
+    base.compute_dtype = np.dtype("float32")
+    layer = LoRALinear(base)
+    layer.update_layer("default", 2, 2.0, init_lora_weights=False)
+    assert layer.lora_A["default"].weight.dtype == np.float32
+    assert layer.lora_B["default"].weight.dtype == np.float32

@@ -99,8 +99,9 @@ def _dtype_and_xp(base):
     w = getattr(base, "weight", None)
     if isinstance(w, Tensor) and not is_quantized(base):
         return w.dtype, w.xp
-    w = base_weight(base)
-    return getattr(base, "compute_dtype", None) or w.dtype, backend.namespace_of(w)
+    w = base_weight(base)  # a quantized base: adapters take its compute dtype (else its dequantized dtype)
+    dtype = getattr(base, "compute_dtype", None)
+    return (w.dtype if dtype is None else dtype), backend.namespace_of(w)
 
 
 class LoRALayer(Module):
