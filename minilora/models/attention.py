@@ -45,8 +45,8 @@ class Attention(Module):
             q = F.rope(q, cos, sin, interleaved=self.rope_interleaved)
             k = F.rope(k, cos, sin, interleaved=self.rope_interleaved)
         q = ops.permute(q, axes=(0, 2, 1, 3))  # (B, nh, T, hs)
-        k = ops.permute(k, axes=(0, 2, 1, 3))  # (B, nkv, T, hs)
-        v = ops.permute(v, axes=(0, 2, 1, 3))  # (B, nkv, T, hs)
+        k = _heads_first(k)  # (B, nkv, T, hs)
+        v = _heads_first(v)  # (B, nkv, T, hs)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
         y = F.attention(q, k, v, causal=True)  # (B, nh, T, hs)
@@ -55,6 +55,17 @@ class Attention(Module):
 
     def extra_repr(self):
         return f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"
+
+
+def _heads_first(x: Tensor) -> Tensor:
+    """(B, T, n, hs) -> (B, n, T, hs) laid out contiguously.
+
+    Flattening the transposed view forces a row-major copy; NumPy's batched matmul falls off its BLAS
+    path (about 100x slower) when an operand such as k^T is a strided view, as a bare permute would be.
+    """
+    b, t, n, hs = x.shape
+    flat = ops.reshape(ops.permute(x, axes=(0, 2, 1, 3)), shape=(b * n * t * hs,))  # (B*n*T*hs,) a copy
+    return ops.reshape(flat, shape=(b, n, t, hs))  # (B, n, T, hs)
 
 
 def _linear(d_in: int, d_out: int, bias: bool, dtype, rng, std: float) -> Linear:
