@@ -7,6 +7,8 @@ Fused kernels with hand-written VJPs live in kernels.py.
 """
 from __future__ import annotations
 
+import operator
+
 from . import backend
 from .tensor import Tensor, primitive
 
@@ -241,10 +243,19 @@ def broadcast_to(a, shape):
 def _basic_key(key, ndim):
     """``key`` as a tuple that names every axis (the Array API wants a trailing ``...``), or ValueError."""
     key = key if isinstance(key, tuple) else (key,)
+    normalized = []
     for k in key:
-        if not (k is None or k is Ellipsis or isinstance(k, (int, slice))) or isinstance(k, bool):
+        if k is None or k is Ellipsis or isinstance(k, slice):
+            normalized.append(k)
+            continue
+        try:  # Python and NumPy integers (anything with __index__ that is not a bool or a real array)
+            if isinstance(k, bool) or getattr(k, "ndim", 0) != 0:
+                raise TypeError
+            normalized.append(operator.index(k))
+        except TypeError:
             raise ValueError(f"getitem: only basic indexing (ints, slices, None, ...) is differentiable here, "
-                             f"got {type(k).__name__}; use ops.embedding or xp.take for gathers")
+                             f"got {type(k).__name__}; use ops.embedding or xp.take for gathers") from None
+    key = tuple(normalized)
     if Ellipsis not in key and len([k for k in key if k is not None]) < ndim:  # (sum is shadowed here)
         key = key + (Ellipsis,)
     return key

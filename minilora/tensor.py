@@ -101,7 +101,7 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False):
         if isinstance(data, Tensor):
             raise TypeError("Tensor(data): data is already a Tensor; use .detach() or .data")
-        if isinstance(data, (int, float)):
+        if isinstance(data, (int, float, list, tuple)):  # Python values: the current backend
             data = backend.current_namespace().asarray(data)
         self.data = data
         self.grad = None

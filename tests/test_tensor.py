@@ -199,3 +199,14 @@ def test_tensor_facts_and_helpers(xp):
         Tensor(x)
     y = 2.0 - x / 2.0 + (-x) ** 2
     np.testing.assert_allclose(y.numpy(), 2.0 - np.array([[1, 2, 3]]) / 2 + np.array([[1, 4, 9]]))
+
+
+def test_getitem_accepts_numpy_integers_and_tensor_accepts_lists(xp):
+    """Indices from a NumPy loop (np.int64) used to be rejected as non-basic keys."""
+    x = t(xp, np.arange(6.0).reshape(2, 3))
+    x[np.int64(1), np.int64(1):].sum().backward()
+    np.testing.assert_array_equal(g(x), [[0, 0, 0], [0, 1, 1]])
+    with pytest.raises(ValueError, match="basic indexing"):
+        x[True]
+    y = Tensor([[1.0, 2.0]])
+    assert y.shape == (1, 2) and backend.namespace_of(y.data) is xp
