@@ -224,8 +224,8 @@ def rope(x, cos, sin, interleaved=False):
 
 def causal_mask(xp, t_q: int, t_k: int):
     """Boolean (t_q, t_k): query i (the last t_q of t_k positions) may see key j when j <= i + t_k - t_q."""
-    rows = xp.reshape(xp.arange(t_q), (-1, 1)) + (t_k - t_q)
-    return xp.reshape(xp.arange(t_k), (1, -1)) <= rows
+    rows = xp.reshape(xp.arange(t_q, dtype=xp.int64), (-1, 1)) + (t_k - t_q)
+    return xp.reshape(xp.arange(t_k, dtype=xp.int64), (1, -1)) <= rows
 
 
 def check_attention_shapes(q_shape, k_shape, v_shape, causal: bool) -> None:

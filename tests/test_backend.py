@@ -151,3 +151,14 @@ def test_scatter_add_chunks_and_narrow_index_dtypes(xp, monkeypatch):
     np.testing.assert_array_equal(backend.to_numpy(out), expected)
     with pytest.raises(ValueError, match="scatter_add"):
         backend.scatter_add(xp, 3, backend.from_numpy(idx[:3], xp), backend.from_numpy(vals, xp))
+
+
+@needs_strict
+def test_random_streams_match_across_host_backends():
+    """Same seed, same numbers on numpy and array_api_strict: models built from a seed agree across them."""
+    import array_api_strict as xps
+    a, b = Random(11, np), Random(11, xps)
+    np.testing.assert_array_equal(backend.to_numpy(a.normal((3, 2))), backend.to_numpy(b.normal((3, 2))))
+    np.testing.assert_array_equal(backend.to_numpy(a.uniform((4,), dtype=np.float64)),
+                                  backend.to_numpy(b.uniform((4,), dtype=xps.float64)))
+    np.testing.assert_array_equal(backend.to_numpy(a.integers(0, 9, (5,))), backend.to_numpy(b.integers(0, 9, (5,))))
