@@ -12,11 +12,9 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import backend
-from . import functional as F
 from .optim.clip import clip_grad_norm, grad_norm
 from .optim.schedule import LRScheduler
-from .tensor import Tensor
+from .models.transformer import lm_loss
 
 
 class TrainingStopped(RuntimeError):
@@ -57,20 +55,6 @@ class History:
         return asdict(self)
 
 
-def lm_loss(model, ids, labels) -> Tensor:
-    """Mean next-token cross-entropy; ids and labels (B, T) int arrays, labels -100 where ignored."""
-    logits = model(ids)  # (B, T, V)
-    xp = logits.xp
-    labels = labels if backend.backend_name_of(labels) == backend.name_of_namespace(xp) else \
-        backend.from_numpy(backend.to_numpy(labels), xp)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), xp.reshape(labels, (-1,)))
-
-
-def _model_namespace(model):
-    params = model.parameters()
-    return params[0].xp if params else backend.current_namespace()
-
-
 def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0, history: History | None = None,
           evaluate=None, save_checkpoint=None, log=None) -> History:
     """Run steps start_step .. config.steps - 1 and return the history.
@@ -80,7 +64,6 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
     log(message) receives progress lines when the progress bar is off.
     """
     history = history or History()
-    xp = _model_namespace(model)
     trainable = model.trainable_parameters()
     if not trainable:
         raise ValueError("train: the model has no trainable parameters")
@@ -92,7 +75,7 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
         tic = time.perf_counter()
         ids, labels = batches(step)
         lr = optimizer.param_groups[0]["initial_lr"] * scheduler.set_step(step)
-        loss = lm_loss(model, backend.from_numpy(ids, xp), labels)
+        loss = lm_loss(model, ids, labels)
         regularizer = getattr(model, "regularization_loss", None)
         total = loss + regularizer() if regularizer is not None else loss
         loss_value = float(loss.item())

@@ -1,0 +1,67 @@
+"""Exact-match evaluation: greedy completions of many prompts, batched, with the KV cache.
+
+Prompts of equal token length form one batch (no padding, so no attention mask is needed); each
+batch is prefilled once and then decoded one token per step for every row at once. A row stops at
+eos; the completion is compared with the expected one after stripping surrounding white space.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from . import backend
+from .models.kv_cache import KVCache
+from .tensor import no_grad
+
+
+def greedy_complete(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_token_id: int,
+                    batch_size: int = 32) -> list[list[int]]:
+    """Greedy continuation of each prompt (a list of token ids), up to eos (excluded) or max_new_tokens."""
+    groups = defaultdict(list)
+    for index, ids in enumerate(prompt_ids):
+        groups[len(ids)].append(index)
+    outputs: list[list[int]] = [[] for _ in prompt_ids]
+    n_layers = model.config.num_hidden_layers
+    xp = model.parameters()[0].xp
+    was_training = model.training
+    model.eval()
+    with no_grad():
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                ids = np.asarray([prompt_ids[i] for i in chunk], dtype=np.int64)  # (b, T)
+                cache = KVCache(n_layers)
+                done = np.zeros(len(chunk), dtype=bool)
+                for _ in range(max_new_tokens):
+                    logits = model(backend.from_numpy(ids, xp), cache=cache)  # (b, t, V)
+                    last = backend.to_numpy(xp.argmax(logits.data[:, -1, :], axis=-1))  # (b,)
+                    for row, token in enumerate(last):
+                        if not done[row]:
+                            if int(token) == eos_token_id:
+                                done[row] = True
+                            else:
+                                outputs[chunk[row]].append(int(token))
+                    if done.all():
+                        break
+                    ids = last.reshape(-1, 1).astype(np.int64)  # (b, 1)
+    model.train(was_training)
+    return outputs
+
+
+def exact_match(model, tokenizer, examples, max_new_tokens: int | None = None, batch_size: int = 32,
+                n_samples: int = 3) -> dict:
+    """Share of (prompt, completion) examples whose greedy completion equals the expected one.
+
+    Returns {"exact_match": float, "n": int, "samples": [{"prompt", "expected", "got"}, ...]}.
+    """
+    if not examples:
+        raise ValueError("exact_match: no examples")
+    prompts = [tokenizer.encode(p) for p, _ in examples]
+    if max_new_tokens is None:
+        max_new_tokens = max(len(tokenizer.encode(c)) for _, c in examples) + 2
+    completions = greedy_complete(model, prompts, max_new_tokens, tokenizer.eos_token_id, batch_size)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completions]
+    hits = [got.strip() == expected.strip() for got, (_, expected) in zip(texts, examples)]
+    samples = [{"prompt": p, "expected": c, "got": t} for (p, c), t in list(zip(examples, texts))[:n_samples]]
+    return {"exact_match": sum(hits) / len(hits), "n": len(hits), "samples": samples}
