@@ -75,10 +75,11 @@ def composite_cross_entropy(logits, targets, ignore_index=-100):
     return ops.sum(nll * weights)
 
 
-def composite_layer_norm(x, weight, bias, eps=1e-5):
+def composite_layer_norm(x, weight, bias=None, eps=1e-5):
     centered = x - ops.mean(x, axis=-1, keepdims=True)
     var = ops.mean(centered * centered, axis=-1, keepdims=True)
-    return centered / ops.sqrt(var + eps) * weight + bias
+    y = centered / ops.sqrt(var + eps) * weight
+    return y if bias is None else y + bias
 
 
 def composite_rms_norm(x, weight, eps=1e-6):

@@ -106,8 +106,8 @@ def cross_entropy(logits, targets, ignore_index=-100):
 
 
 @primitive(fused=True)
-def layer_norm(x, weight, bias, eps=1e-5):
-    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
+def layer_norm(x, weight, bias=None, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance); b may be None.
 
     VJP with xhat = (x - mean) * rstd, gh = g * w:
     gx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), gw = sum(g * xhat), gb = sum(g).
@@ -123,9 +123,10 @@ def layer_norm(x, weight, bias, eps=1e-5):
         gx = rstd * (gh - xp.mean(gh, axis=-1, keepdims=True)
                      - xhat * xp.mean(gh * xhat, axis=-1, keepdims=True)) if needs[0] else None
         gw = _sum_leading(xp, g * xhat) if needs[1] else None
-        gb = _sum_leading(xp, g) if needs[2] else None
+        gb = _sum_leading(xp, g) if len(needs) > 2 and needs[2] else None
         return gx, gw, gb
-    return xhat * weight + bias, vjp
+    y = xhat * weight
+    return (y if bias is None else y + bias), vjp
 
 
 @primitive(fused=True)

@@ -114,6 +114,8 @@ def test_norms_match_composite(xp, shape, seed, c):
     w, b = arr(xp, seed + 1, (c,)), arr(xp, seed + 2, (c,))
     compare(lambda x_, w_, b_: kernels.layer_norm(x_, w_, b_, eps=1e-5),
             lambda x_, w_, b_: F.composite_layer_norm(x_, w_, b_, eps=1e-5), [x, w, b], seed)
+    compare(lambda x_, w_: kernels.layer_norm(x_, w_, None, eps=1e-5),
+            lambda x_, w_: F.composite_layer_norm(x_, w_, None, eps=1e-5), [x, w], seed)  # no bias
     compare(lambda x_, w_: kernels.rms_norm(x_, w_, eps=1e-6),
             lambda x_, w_: F.composite_rms_norm(x_, w_, eps=1e-6), [x, w], seed)
 

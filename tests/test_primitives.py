@@ -178,8 +178,10 @@ def normalized(data):
 
 def case_layer_norm(data, xp):
     shape, c = normalized(data)
-    return (lambda x, w, b: kernels.layer_norm(x, w, b, eps=1e-5)), [leaf(data, shape), leaf(data, (c,)),
-                                                                      leaf(data, (c,))]
+    inputs = [leaf(data, shape), leaf(data, (c,))]
+    if data.draw(st.booleans(), label="bias"):
+        inputs.append(leaf(data, (c,)))
+    return (lambda x, w, b=None: kernels.layer_norm(x, w, b, eps=1e-5)), inputs
 
 
 def case_rms_norm(data, xp):
