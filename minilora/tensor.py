@@ -8,8 +8,9 @@ A ``Tensor`` holds an array ``data`` of some backend, an optional ``grad`` of th
 where ``vjp`` maps the output cotangent g to one cotangent per input (None where ``needs[i]`` is
 False). ``apply`` runs a primitive on tensors and, only when gradients are enabled and some input
 requires them, records the output's parents and ``vjp``. Frozen inputs therefore build no graph
-and keep nothing alive. ``backward`` walks the graph once in reverse topological order and then
-frees it (each intermediate drops its parents and closure), so activations die with the step.
+and keep nothing alive. ``backward`` walks the graph once in reverse topological order and frees
+it as it goes (each intermediate drops its parents and closure), so activations die with the step;
+a later backward that reaches a freed node raises instead of silently treating it as a leaf.
 """
 from __future__ import annotations
 
