@@ -11,9 +11,20 @@ from __future__ import annotations
 
 from .. import backend
 from .blockwise import check_blocksize, dequantize_blocks_4bit, quantize_blocks_4bit
-from .codebooks import QUANT_TYPES, code_array, get_code
+from .codebooks import QUANT_TYPES, code_array, dynamic_map, get_code
 from .double_quant import double_dequantize, double_quantize
 from .state import QuantState, dtype_name
+
+
+_SHARED_CODES: dict = {}
+
+
+def shared_code(xp, quant_type: str):
+    """One code array per (backend, quant_type), shared by every state: a model stores it once."""
+    key = (backend.name_of_namespace(xp), quant_type)
+    if key not in _SHARED_CODES:
+        _SHARED_CODES[key] = code_array(xp, get_code(quant_type) if quant_type in QUANT_TYPES else dynamic_map())
+    return _SHARED_CODES[key]
 
 
 def _check_quant_type(quant_type) -> str:
@@ -40,10 +51,11 @@ def quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4", double_quant:
     if flat.shape[0] == 0:
         raise ValueError(f"quantize_4bit: x has no elements (shape {shape})")
     packed, absmax = quantize_blocks_4bit(xp, flat, blocksize, quant_type)
-    state = QuantState(absmax=absmax, code=code_array(xp, get_code(quant_type)), blocksize=blocksize,
+    state = QuantState(absmax=absmax, code=shared_code(xp, quant_type), blocksize=blocksize,
                        quant_type=quant_type, shape=shape, dtype=dtype_name(x.dtype))
     if double_quant:
         state.absmax, state.offset, state.state2 = double_quantize(xp, absmax)
+        state.state2.code = shared_code(xp, "dynamic")
     return packed, state
 
 
