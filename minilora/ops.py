@@ -302,7 +302,13 @@ def embedding(weight, indices):
     VJP: gweight = scatter_add over rows (repeated indices accumulate); indices get no gradient.
     """
     xp = _xp(weight, indices)
+    if not xp.isdtype(indices.dtype, "integral"):
+        raise ValueError(f"embedding: indices must be integers, got dtype {indices.dtype}")
     flat = xp.reshape(indices, (-1,))
+    if flat.shape[0] and bool(xp.any((flat < 0) | (flat >= weight.shape[0]))):
+        # negative ids would wrap in take (and padding ids like -100 would read real rows)
+        raise ValueError(f"embedding: indices must lie in [0, {weight.shape[0]}), got min {int(xp.min(flat))} "
+                         f"and max {int(xp.max(flat))}")
     rows = xp.take(weight, flat, axis=0)  # (N, C)
 
     def vjp(g, needs):

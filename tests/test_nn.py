@@ -186,3 +186,15 @@ def test_norm_layers_and_astype(xp):
     ln.astype(xp.float64)
     assert ln.weight.dtype == xp.float64 and ln.bias.dtype == xp.float64
     assert isinstance(ln.weight, Parameter) and ln.weight.requires_grad
+
+
+def test_embedding_rejects_out_of_range_and_float_ids(xp):
+    """A negative id (e.g. -100 padding) used to wrap to the last row in the forward pass, while the
+    portable scatter-add dropped its gradient: numpy and array_api_strict disagreed."""
+    emb = Embedding(5, 3, rng=Random(0, xp))
+    for bad in ([[0, -1]], [[5, 0]], [[-100, 2]]):
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 5\)"):
+            emb(backend.from_numpy(np.array(bad), xp))
+    with pytest.raises(ValueError, match="integers"):
+        emb(backend.from_numpy(np.array([[0.0, 1.0]]), xp))
+    assert emb(backend.from_numpy(np.zeros((2, 0), dtype=np.int64), xp)).shape == (2, 0, 3)
