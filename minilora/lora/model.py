@@ -152,15 +152,28 @@ class LoraModel(Module):
             for _, layer in lora_layers(self.model):
                 layer.unmerge()
 
-    def merge_and_unload(self, safe_merge: bool = False, adapter_names=None) -> Module:
+    def merge_and_unload(self, safe_merge: bool = False, adapter_names=None, requantize: bool = False):
         """Merge the active adapters (or ``adapter_names``) and return the plain model: LoRA layers
         become their merged bases (a quantized base becomes a float Linear holding dequantize() +
-        scaling B A), modules_to_save wrappers become the active copy. This LoraModel is spent."""
+        scaling B A), modules_to_save wrappers become the active copy. This LoraModel is spent.
+
+        requantize: quantized bases stay 4-bit (quant(dequantize() + scaling B A)) and the call
+        returns (model, report) with, per layer, the error and the surviving update (quant/merge.py).
+        """
         names = self._names(adapter_names)
         layers = lora_layers(self.model)
+        report = {}
         with no_grad():  # quantized bases first: they build new layers and change nothing
-            replacements = [(path, layer.merged_base(names, safe_merge)) for path, layer in layers
-                            if is_quantized(layer.base_layer)]
+            if requantize:
+                from ..quant.merge import requantize_lora_layer
+                replacements = []
+                for path, layer in layers:
+                    if is_quantized(layer.base_layer):
+                        module, report[path] = requantize_lora_layer(layer, names, path, safe_merge)
+                        replacements.append((path, module))
+            else:
+                replacements = [(path, layer.merged_base(names, safe_merge)) for path, layer in layers
+                                if is_quantized(layer.base_layer)]
         plain = [(p, layer) for p, layer in layers if not is_quantized(layer.base_layer)]
         self._merge_layers(plain, names, safe_merge)
         replacements += [(path, layer.base_layer) for path, layer in plain]
@@ -168,7 +181,7 @@ class LoraModel(Module):
             self.model.set_submodule(path, module)
         for path, wrapper in save_wrappers(self.model):
             self.model.set_submodule(path, wrapper.active_module())
-        return self.model
+        return (self.model, report) if requantize else self.model
 
     def _names(self, adapter_names) -> list:
         if adapter_names is None:
