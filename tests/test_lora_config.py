@@ -61,10 +61,26 @@ def test_json_form_round_trips_and_unknown_keys_warn():
     d = c.to_dict()
     assert d["peft_type"] == "LORA" and d["target_modules"] == ["q_proj", "v_proj"]
     assert config_from_dict(d) == c
-    d["loftq_config"] = {}
+    d["loftq_config"] = {"loftq_bits": 4}
     with pytest.warns(UserWarning, match="loftq_config"):
         assert config_from_dict(d) == c
     with pytest.raises(ValueError, match="peft_type"):
         config_from_dict({**d, "peft_type": "PREFIX_TUNING"})
     assert LoraConfig(target_modules={"a", "b"}).target_modules == ["a", "b"]
     assert LoraConfig(layers_to_transform=2).layers_to_transform == [2]
+
+
+def test_peft_written_defaults_load_without_warnings():
+    """Fields PEFT 0.21 writes at their defaults mean nothing here and are dropped silently."""
+    import warnings
+    peft_extra = {"alora_invocation_tokens": None, "arrow_config": None, "auto_mapping": None, "corda_config": None,
+                  "ensure_weight_tying": False, "eva_config": None, "layer_replication": None, "loftq_config": {},
+                  "megatron_config": None, "megatron_core": "megatron.core", "peft_version": "0.21.2",
+                  "qalora_group_size": 16, "target_parameters": None, "trainable_token_indices": None,
+                  "use_qalora": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = config_from_dict({**LoraConfig(r=3, target_modules=["q_proj"]).to_dict(), **peft_extra})
+    assert c.r == 3
+    with pytest.warns(UserWarning, match="use_qalora"):
+        config_from_dict({**c.to_dict(), "use_qalora": True})

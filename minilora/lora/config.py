@@ -152,7 +152,7 @@ class LoraConfig:
         if peft_type != cls.peft_type:
             raise ValueError(f"{cls.__name__}: peft_type must be {cls.peft_type!r}, got {peft_type!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in data if k not in known)
+        unknown = sorted(k for k in data if k not in known and not _peft_default(k, data[k]))
         if unknown:
             warnings.warn(f"{cls.__name__}: ignoring unknown config keys {unknown}", stacklevel=2)
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -169,6 +169,20 @@ def config_from_dict(data: dict):
         raise ValueError(f"adapter_config.json: peft_type {peft_type!r} is not supported "
                          f"(expected one of {sorted(CONFIG_CLASSES)})")
     return CONFIG_CLASSES[peft_type].from_dict(data)
+
+
+# PEFT writes every field of its own config; these carry no meaning for minilora at these values,
+# so they are dropped without a warning (any other value, or any other unknown key, warns).
+_PEFT_METADATA = ("peft_version", "auto_mapping")
+_PEFT_DEFAULTS = {"qalora_group_size": 16, "megatron_core": "megatron.core"}
+
+
+def _peft_default(key, value) -> bool:
+    if key in _PEFT_METADATA:
+        return True
+    if key in _PEFT_DEFAULTS:
+        return value == _PEFT_DEFAULTS[key]
+    return value is None or value is False or value == {} or value == []
 
 
 def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
