@@ -140,12 +140,16 @@ def _dequantize(tensor, dtype, path) -> np.ndarray:
     from gguf import quants
 
     try:
-        values = quants.dequantize(tensor.data, tensor.tensor_type)
+        with np.errstate(invalid="ignore", over="ignore"):  # corrupt scales are reported below instead
+            values = quants.dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError:
         raise FileFormatError(path, f"tensor {tensor.name!r}: type {tensor.tensor_type.name} "
                                     "cannot be dequantized by the installed gguf package") from None
     shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ne is innermost-first
-    return np.array(values, dtype=dtype).reshape(shape)
+    values = np.array(values, dtype=dtype).reshape(shape)
+    if not np.isfinite(values).all():
+        raise FileFormatError(path, f"tensor {tensor.name!r} contains NaN or infinite values")
+    return values
 
 
 def _reader_class():

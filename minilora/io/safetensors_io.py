@@ -32,7 +32,7 @@ def _host_array(name, value) -> np.ndarray:
     except backend.BackendError as exc:
         raise ValueError(f"save_safetensors: tensors[{name!r}] is not an array of a known backend "
                          f"({type(value).__name__})") from exc
-    return np.ascontiguousarray(array)
+    return np.asarray(array, order="C")  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
 
 
 def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
