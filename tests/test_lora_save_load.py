@@ -52,6 +52,9 @@ def test_round_trip_is_bit_identical(xp, tmp_path):
     expected = out(model, ids)
     saved = adapter_state_dict(model)
     assert "base_model.model.lm_head.weight" in saved and "base_model.model.layers.0.q_proj.base_layer.bias" in saved
+    # PEFT's bias="all" takes every *bias* parameter, the modules_to_save wrapper's included
+    assert "base_model.model.lm_head.original_module.bias" in saved
+    assert np.array_equal(saved["base_model.model.lm_head.modules_to_save.bias"], saved["base_model.model.lm_head.bias"])
     save_adapter(model, tmp_path)
     fresh = load_adapter(ToyLM(xp), tmp_path)
     assert isinstance(fresh, LoraModel)

@@ -10,6 +10,9 @@ A folder holds ``adapter_model.safetensors`` and ``adapter_config.json`` (keys s
     base_model.model.<path>.base_layer.bias         (bias="all" or "lora_only")
     base_model.model.<module path>.<param>          (modules_to_save copies)
 
+With bias="all", PEFT saves every parameter whose name ends in ``bias``, so a modules_to_save
+layer's bias also appears as ``<path>.original_module.bias`` and ``<path>.modules_to_save.bias``.
+
 The "default" adapter lives in the folder itself, any other in ``<folder>/<adapter name>/``.
 Reading uses safetensors (never pickle); loading checks every key and shape first and raises one
 error listing all problems, leaving the model untouched. Writes are atomic (temp file + rename).
@@ -56,10 +59,17 @@ def adapter_parameters(lora_model: LoraModel, adapter_name: str = "default") -> 
         bias = getattr(layer.base_layer, "bias", None)
         if config.bias == "lora_only" and bias is not None:
             out[f"{PREFIX}{path}.base_layer.bias"] = bias
-    if config.bias == "all":
+    if config.bias == "all":  # PEFT takes every parameter named *bias*, wrappers' ones included
         for name, p in lora_model.model.named_parameters():
-            if name.split(".")[-1] == "bias" and ".modules_to_save." not in name and ".original_module." not in name:
-                out[PREFIX + name] = p
+            if name.split(".")[-1] != "bias":
+                continue
+            if ".modules_to_save." in name:  # <path>.modules_to_save.<adapter>.<sub> -> <path>.modules_to_save.<sub>
+                head, _, rest = name.partition(".modules_to_save.")
+                owner, _, sub = rest.partition(".")
+                if owner != adapter_name:
+                    continue
+                name = f"{head}.modules_to_save.{sub}"
+            out[PREFIX + name] = p
     for path, wrapper in save_wrappers(lora_model.model):
         if adapter_name in wrapper.modules_to_save:
             for name, p in wrapper.modules_to_save[adapter_name].named_parameters():
@@ -168,7 +178,7 @@ def expected_shapes(base: Module, config) -> dict:
         lora_paths = {p for p, _ in targets}
         for name, p in base.named_parameters():
             owner = name.rpartition(".")[0]
-            if name.split(".")[-1] == "bias" and ".modules_to_save." not in name and ".original_module." not in name:
+            if name.split(".")[-1] == "bias" and ".modules_to_save." not in name:
                 key = f"{owner}.base_layer.bias" if owner in lora_paths else name
                 out[PREFIX + key] = p.shape
     for path, module in walk(base):
@@ -176,6 +186,9 @@ def expected_shapes(base: Module, config) -> dict:
             inner = getattr(module, "original_module", module)
             for name, p in inner.named_parameters():
                 out[f"{PREFIX}{path}.{name}"] = p.shape
+                if config.bias == "all" and name.split(".")[-1] == "bias":
+                    out[f"{PREFIX}{path}.original_module.{name}"] = p.shape
+                    out[f"{PREFIX}{path}.modules_to_save.{name}"] = p.shape
     return out
 
 
