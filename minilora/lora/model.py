@@ -12,7 +12,7 @@ import warnings
 from ..nn import Module
 from ..tensor import no_grad
 from .config import LoraConfig
-from .inject import ModulesToSaveWrapper, inject_adapter, lora_layers, save_wrappers
+from .inject import inject_adapter, lora_layers, save_wrappers
 from .layers import check_adapter_name, is_quantized
 
 
