@@ -18,7 +18,7 @@ TINY_CONFIG = dict(style="llama", hidden_size=64, intermediate_size=192, num_hid
 
 def train_tiny(task: str = "sort", steps: int = 600, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
                n_eval: int = 100, progress: bool = True, log=None) -> dict:
-    """Train TINY_CONFIG from scratch on ``task``; returns {"before", "after", "history", "config"}."""
+    """Train TINY_CONFIG from scratch on ``task``; returns {"before", "after", "history", "config", "model"}."""
     tok = CharTokenizer()
     train_set, eval_set = task_splits(task, n_train=5000, n_eval=n_eval, seed=seed)
     config = ModelConfig(vocab_size=tok.vocab_size, **TINY_CONFIG)
@@ -31,4 +31,4 @@ def train_tiny(task: str = "sort", steps: int = 600, batch_size: int = 64, lr: f
                     TrainConfig(steps=steps, warmup_steps=steps // 20, max_grad_norm=1.0, progress=progress),
                     log=log)
     after = exact_match(model, tok, eval_set)
-    return {"before": before, "after": after, "history": history, "config": config}
+    return {"before": before, "after": after, "history": history, "config": config, "model": model}
