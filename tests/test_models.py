@@ -207,6 +207,7 @@ def test_eos_stops_generation_and_stream_callback():
     out = generate(model, prompt, 10, eos_token_id=first, callback=lambda step, tok: seen.append((step, int(tok[0]))))
     assert out.shape == (1, 4) and seen == [(0, first)]
     assert len(list(stream_generate(model, prompt, 4))) == 4
+    np.testing.assert_array_equal(generate(model, Tensor(prompt[0]), 3), generate(model, list(prompt[0]), 3))
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, prompt, -1)
 

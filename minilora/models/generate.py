@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ..tensor import no_grad
+from ..tensor import Tensor, no_grad
 from .kv_cache import KVCache
 from .transformer import as_token_ids
 
@@ -80,6 +80,8 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
 
     callback(step, tokens (B,)) is called after each new token (streaming output).
     """
+    if isinstance(prompt_ids, Tensor):
+        prompt_ids = prompt_ids.data
     prompt = np.asarray(backend.to_numpy(prompt_ids) if not isinstance(prompt_ids, (list, tuple))
                         else prompt_ids, dtype=np.int64)
     rows = [_as_2d_host(prompt)]
@@ -95,7 +97,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
 def _as_2d(ids):
     if isinstance(ids, (list, tuple)):
         ids = np.asarray(ids, dtype=np.int64)
-    if hasattr(ids, "data") and not hasattr(ids, "ndim"):
+    if isinstance(ids, Tensor):
         ids = ids.data
     if getattr(ids, "ndim", None) == 1:
         xp = backend.namespace_of(ids)
