@@ -95,9 +95,10 @@ class DecoderModel(Module):
                                      interleaved=cfg.rope_interleaved, dtype=h.dtype)  # (T, hs)
             rope = (xp.reshape(cos, (t, 1, cfg.head_dim)), xp.reshape(sin, (t, 1, cfg.head_dim)))  # (T, 1, hs)
         h = self.dropout(h)
+        rewind = self.dropout_rng if cfg.dropout > 0 else None  # dropout masks must repeat in the recompute
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
-                h = checkpoint(lambda x, layer=layer: layer(x, rope=rope), h, rng=self.dropout_rng)
+                h = checkpoint(lambda x, layer=layer: layer(x, rope=rope), h, rng=rewind)
             else:
                 h = layer(h, rope=rope, cache=cache)
         return self.norm(h)
@@ -119,7 +120,7 @@ class Transformer(Module):
         rng = backend.Random(seed, xp)
         self.config = config
         self.model = DecoderModel(config, dtype, rng, backend.Random(seed + 1, xp))
-        if config.tie_word_embeddings:
+        if config.tie_word_embeddings:  # a (1, C) placeholder weight, replaced by the shared Parameter
             self.lm_head = _linear(config.hidden_size, 1, False, dtype, rng, INIT_STD)
             self.lm_head.out_features = config.vocab_size
             self.lm_head.weight = self.model.embed_tokens.weight  # the same Parameter
