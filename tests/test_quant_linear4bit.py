@@ -1,9 +1,6 @@
 """Linear4bit, quantize_model and the memory report."""
 from __future__ import annotations
 
-import gc
-import weakref
-
 import numpy as np
 import pytest
 
