@@ -10,6 +10,7 @@ content, FileNotFoundError for a missing file, ImportError for a missing optiona
     +-- ConfigError                       a configuration value or argument is invalid (ValueError)
     +-- UnsafePathError                   a name from a file would escape its folder (ValueError)
     +-- DependencyError                   an optional package is not installed (ImportError)
+    +-- DataError                         a data file has a bad line (ValueError)
 """
 from __future__ import annotations
 
@@ -54,3 +55,7 @@ class UnsafePathError(MiniloraError, ValueError):
 
 class DependencyError(MiniloraError, ImportError):
     """An optional package minilora needs for this feature is not installed; the message says how to install it."""
+
+
+class DataError(MiniloraError, ValueError):
+    """A training or evaluation data file has a bad line; the message names the file and the line."""

@@ -1,6 +1,7 @@
 """Data: generated tasks, tokenization of examples, deterministic batches."""
 from .batching import IGNORE_INDEX, Batches, collate, encode_example
 from .char_tokenizer import CharTokenizer
+from .jsonl import load_jsonl_folder, read_jsonl
 from .tasks import TASKS, task_splits
 
-__all__ = ["TASKS", "task_splits", "CharTokenizer", "encode_example", "collate", "Batches", "IGNORE_INDEX"]
+__all__ = ["TASKS", "task_splits", "CharTokenizer", "encode_example", "collate", "Batches", "IGNORE_INDEX", "read_jsonl", "load_jsonl_folder"]

@@ -1,0 +1,80 @@
+"""User data in the format mlx-lm users already have: a folder with train.jsonl and valid.jsonl.
+
+Each line is one JSON object in one of three shapes:
+    {"prompt": "...", "completion": "..."}      loss on the completion only (by default)
+    {"messages": [{"role": ..., "content": ...}, ...]}
+                                                chat: the prompt is the chat template applied to every
+                                                message before the last assistant one; the completion is
+                                                that assistant message (loss on it only)
+    {"text": "..."}                             plain text: loss on every token
+Every example becomes (prompt, completion); "text" gives an empty prompt. A bad line raises a
+DataError naming the file and the line number.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import DataError, MissingFileError
+
+SPLITS = {"train": "train.jsonl", "valid": "valid.jsonl"}
+
+
+def _example(obj, path, line_no, tokenizer):
+    where = f"{path}:{line_no}"
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "prompt" in obj or "completion" in obj:
+        prompt, completion = obj.get("prompt"), obj.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise DataError(f"{where}: 'prompt' and 'completion' must both be strings")
+        return prompt, completion
+    if "messages" in obj:
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} strings")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message must have role 'assistant' (it is what the model learns)")
+        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+            raise DataError(f"{where}: chat examples need a tokenizer with a chat template")
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
+        return prompt, messages[-1]["content"]
+    if "text" in obj:
+        if not isinstance(obj["text"], str):
+            raise DataError(f"{where}: 'text' must be a string")
+        return "", obj["text"]
+    raise DataError(f"{where}: expected keys 'prompt'+'completion', 'messages' or 'text', got {sorted(obj)}")
+
+
+def read_jsonl(path, tokenizer=None) -> list:
+    """(prompt, completion) pairs of one .jsonl file (blank lines are skipped)."""
+    if not os.path.isfile(path):
+        raise MissingFileError(path, "data file")
+    examples = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            lines = list(f)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
+        examples.append(_example(obj, path, line_no, tokenizer))
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return examples
+
+
+def load_jsonl_folder(folder, tokenizer=None) -> tuple[list, list]:
+    """(train, valid) example lists from ``folder``/train.jsonl and ``folder``/valid.jsonl."""
+    if not os.path.isdir(folder):
+        raise MissingFileError(folder, "data folder")
+    train = read_jsonl(os.path.join(folder, SPLITS["train"]), tokenizer)
+    valid = read_jsonl(os.path.join(folder, SPLITS["valid"]), tokenizer)
+    return train, valid
