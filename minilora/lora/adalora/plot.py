@@ -28,7 +28,7 @@ def rank_table(rank_pattern: dict) -> tuple:
     return kinds, layers, cells
 
 
-def plot_rank_pattern(rank_pattern, path=None, title: str = "AdaLoRA: kept rank per module"):
+def plot_rank_pattern(rank_pattern, path=None, title: str = "AdaLoRA: kept ranks"):
     """Draw the kept ranks as a (module type x layer) heatmap; returns the matplotlib Figure.
 
     rank_pattern: a {"<path>.lora_E": [bool]} dict, or an AdaLoraModel (its trainable adapter's
@@ -43,13 +43,16 @@ def plot_rank_pattern(rank_pattern, path=None, title: str = "AdaLoRA: kept rank 
         raise ImportError("plot_rank_pattern needs matplotlib: pip install 'minilora[plots]'") from None
     kinds, layers, cells = rank_table(rank_pattern)
     grid = [[cells.get((k, i), float("nan")) for i in layers] for k in kinds]
-    fig = Figure(figsize=(1.0 + 0.6 * len(layers), 1.0 + 0.5 * len(kinds)))
+    fig = Figure(figsize=(3.5 + 0.6 * len(layers), 1.5 + 0.45 * len(kinds)))
     ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="Greens", aspect="auto", vmin=0)
+    top = max(cells.values()) or 1
+    image = ax.imshow(grid, cmap="Greens", aspect="auto", vmin=0, vmax=top)
     for row, kind in enumerate(kinds):
         for col, layer in enumerate(layers):
             if (kind, layer) in cells:
-                ax.text(col, row, str(cells[(kind, layer)]), ha="center", va="center", fontsize=8)
+                value = cells[(kind, layer)]
+                ax.text(col, row, str(value), ha="center", va="center", fontsize=8,
+                        color="white" if value > top / 2 else "black")
     ax.set_xticks(range(len(layers)), [str(i) for i in layers])
     ax.set_yticks(range(len(kinds)), kinds)
     ax.set_xlabel("layer")
