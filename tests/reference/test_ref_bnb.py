@@ -6,9 +6,10 @@ On drawn shapes (1-D and 2-D, sizes that are and are not multiples of the block)
 - packed bytes and float32 absmax are identical to ``bitsandbytes.functional.quantize_4bit``;
 - nested states: offset, state2.absmax and the 8-bit map are identical; the 8-bit absmax codes are
   identical to bitsandbytes' portable kernel (nearest map value, ties to the lower one). Its CPU C
-  kernel, which quantize_4bit calls on CPU tensors, is approximate: a few codes sit one step away
-  from the nearest value. The test asserts exactly that (one step, and minilora's code strictly
-  nearer) and reports how many, rather than accepting any difference;
+  kernel, which quantize_4bit calls on CPU tensors, is approximate: a few codes sit one (near 0,
+  where the map is dense, two) steps away from the nearest value. The test asserts exactly that
+  (at most two steps, minilora's code strictly nearer, under 5% of the codes) rather than accepting
+  any difference;
 - dequantized values: minilora decoding bitsandbytes' own bytes and state equals the decode
   code[nibble] * absmax[block] done with bitsandbytes' pieces (bitsandbytes' CPU dequantize_4bit is
   wrong for some 2-D shapes, so it is not the oracle); values compare as floats, so FP4's -0 and +0
@@ -117,7 +118,7 @@ def test_nested_codes_on_many_blocks(quant_type, record_property):
 
 def check_against_bitsandbytes(x, blocksize, quant_type, double_quant, xp) -> int:
     """Assert the module doc's claims for one input; return how many 8-bit codes bitsandbytes' CPU
-    kernel put one step away from the nearest value."""
+    kernel put one or two steps away from the nearest value."""
     packed, state = quantize_4bit(backend.from_numpy(x, xp), blocksize=blocksize, quant_type=quant_type,
                                   double_quant=double_quant)
     ref_packed, ref = bnb_quantize(x, blocksize, quant_type, double_quant)
@@ -142,13 +143,13 @@ def check_against_bitsandbytes(x, blocksize, quant_type, double_quant, xp) -> in
     assert np.array_equal(np.where(zero_block, ref_codes, exact), codes), (
         f"8-bit absmax codes differ from bitsandbytes' portable kernel: {where}")
 
-    # its CPU kernel: each code it chose differently is one step off, and farther from the value
+    # its CPU kernel: each code it chose differently is one or two steps off, and farther from the value
     differ = np.nonzero(codes != ref_codes)[0]
     if differ.size:
         code = ref.state2.code.numpy()
         target = (plain.absmax - ref.offset).numpy() / np.repeat(ref.state2.absmax.numpy(), 256)[:codes.size]
         ours, theirs = codes[differ].astype(int), ref_codes[differ].astype(int)
-        assert np.all(np.abs(ours - theirs) == 1), f"8-bit codes more than one step apart at {differ}: {where}"
+        assert np.all(np.abs(ours - theirs) <= 2), f"8-bit codes more than two steps apart at {differ}: {where}"
         assert np.all(np.abs(code[ours] - target[differ]) < np.abs(code[theirs] - target[differ])), where
         assert differ.size <= 0.05 * codes.size + 1, f"{differ.size} of {codes.size} 8-bit codes differ: {where}"
     return int(differ.size)
