@@ -212,3 +212,27 @@ def test_regularizer_gradient_passes_gradcheck(xp):
         gradcheck(f, *params)
     finally:
         f(*params)
+
+
+def test_allocator_state_round_trip_resumes_exactly():
+    """A run resumed from (parameters, config.rank_pattern, allocator state) masks like an uninterrupted one."""
+    def run(steps, model=None):
+        model = model or ada([4, 5, 6, 3], init_r=4, target_r=2, total_step=12, tinit=1, tfinal=3)
+        for step in steps:
+            set_random_grads(model, step)
+            model.update_and_allocate(step)
+        return model
+
+    whole = run(range(12))
+    first = run(range(6))
+    state = {k: v.copy() for k, v in first.rankallocator.state_dict().items()}
+    assert len(state) == 2 * 3 * 3  # two EMAs x three layers x (A, E, B)
+    resumed = ada([4, 5, 6, 3], init_r=4, target_r=2, total_step=12, tinit=1, tfinal=3)
+    resumed.peft_config["default"].rank_pattern = first.peft_config["default"].rank_pattern
+    resumed.rankallocator.load_state_dict(state)
+    run(range(6, 12), resumed)
+    assert resumed.peft_config["default"].rank_pattern == whole.peft_config["default"].rank_pattern
+    for (path, layer), (_, other) in zip(resumed.rankallocator.layers, whole.rankallocator.layers):
+        np.testing.assert_array_equal(host(layer.lora_E["default"]), host(other.lora_E["default"]))
+    with pytest.raises(ValueError, match="unexpected key"):
+        resumed.rankallocator.load_state_dict({"exp_avg_ipt|nowhere.lora_A": np.zeros(1)})

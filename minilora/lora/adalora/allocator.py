@@ -126,6 +126,31 @@ class RankAllocator:
             mask = xp.reshape(xp.asarray(keep, dtype=xp.bool), (-1, 1))
             e.data = xp.where(mask, e.data, xp.zeros_like(e.data))
 
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """{"exp_avg_ipt|<path>.<attr>" / "exp_avg_unc|...": host array}: what a resumed run needs
+        (the rank pattern itself lives in the config)."""
+        out = {}
+        for table in ("exp_avg_ipt", "exp_avg_unc"):
+            for (path, attr), value in getattr(self, table).items():
+                out[f"{table}|{path}.{attr}"] = backend.to_numpy(value)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the score EMAs saved by state_dict (arrays go to each parameter's namespace)."""
+        params = dict(self._params())
+        self.reset_ipt()
+        for key, value in state.items():
+            table, _, name = key.partition("|")
+            path, _, attr = name.rpartition(".")
+            if table not in ("exp_avg_ipt", "exp_avg_unc") or (path, attr) not in params:
+                raise ValueError(f"RankAllocator.load_state_dict: unexpected key {key!r}")
+            p = params[(path, attr)]
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"RankAllocator.load_state_dict: {key!r} has shape {tuple(value.shape)}, "
+                                 f"the parameter has {tuple(p.shape)}")
+            getattr(self, table)[(path, attr)] = p.xp.astype(backend.from_numpy(value, p.xp), p.dtype)
+
     def update_and_allocate(self, step: int, force_mask: bool = False) -> tuple:
         """Update scores (before the final phase), then mask if the schedule says so.
 
