@@ -1,8 +1,9 @@
 """Exact-match evaluation: greedy completions of many prompts, batched, with the KV cache.
 
 Prompts of equal token length form one batch (no padding, so no attention mask is needed); each
-batch is prefilled once and then decoded one token per step for every row at once. A row stops at
-eos; the completion is compared with the expected one after stripping surrounding white space.
+batch is prefilled once and then decoded one token per step for every row at once
+(models.generate.stream_generate). A row stops at eos; the completion is compared with the expected
+one after stripping surrounding white space.
 """
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import backend
-from .models.kv_cache import KVCache
-from .tensor import no_grad
+from .models.generate import stream_generate
 
 
 def greedy_complete(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_token_id: int,
@@ -22,30 +21,15 @@ def greedy_complete(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
     for index, ids in enumerate(prompt_ids):
         groups[len(ids)].append(index)
     outputs: list[list[int]] = [[] for _ in prompt_ids]
-    n_layers = model.config.num_hidden_layers
-    xp = model.parameters()[0].xp
-    was_training = model.training
-    model.eval()
-    with no_grad():
-        for indices in groups.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                ids = np.asarray([prompt_ids[i] for i in chunk], dtype=np.int64)  # (b, T)
-                cache = KVCache(n_layers)
-                done = np.zeros(len(chunk), dtype=bool)
-                for _ in range(max_new_tokens):
-                    logits = model(backend.from_numpy(ids, xp), cache=cache)  # (b, t, V)
-                    last = backend.to_numpy(xp.argmax(logits.data[:, -1, :], axis=-1))  # (b,)
-                    for row, token in enumerate(last):
-                        if not done[row]:
-                            if int(token) == eos_token_id:
-                                done[row] = True
-                            else:
-                                outputs[chunk[row]].append(int(token))
-                    if done.all():
-                        break
-                    ids = last.reshape(-1, 1).astype(np.int64)  # (b, 1)
-    model.train(was_training)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            ids = np.asarray([prompt_ids[i] for i in chunk], dtype=np.int64)  # (b, T)
+            done = np.zeros(len(chunk), dtype=bool)
+            for tokens in stream_generate(model, ids, max_new_tokens, eos_token_id=eos_token_id):  # (b,)
+                done |= tokens == eos_token_id
+                for row in np.flatnonzero(~done):
+                    outputs[chunk[row]].append(int(tokens[row]))
     return outputs
 
 

@@ -18,7 +18,7 @@ def encode_example(tokenizer, prompt: str, completion: str, max_len: int, mask_p
     completion_ids = tokenizer.encode(completion) + [tokenizer.eos_token_id]
     tokens = (prompt_ids + completion_ids)[: max_len + 1]
     ids, targets = tokens[:-1], tokens[1:]
-    n_prompt_targets = len(prompt_ids) - 1 if mask_prompt else 0
+    n_prompt_targets = max(len(prompt_ids) - 1, 0) if mask_prompt else 0
     labels = [IGNORE_INDEX] * n_prompt_targets + targets[n_prompt_targets:]
     return ids, labels
 

@@ -48,7 +48,7 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    xp = model.model.embed_tokens.weight.xp
+    xp = model.parameters()[0].xp  # works for a wrapped model (LoraModel) too
     ids = as_token_ids(_as_2d(prompt_ids), xp)  # (B, T0)
     if temperature > 0 and rng is None:
         rng = backend.Random(0, xp)

@@ -1,0 +1,144 @@
+"""FinetuneConfig: every setting of the main job, validated before any heavy work starts.
+
+Loading a model takes seconds, so a bad --r or a missing data file is reported first. The CLI maps
+its flags onto these fields; a JSON or YAML file (--config) may set them too, flags overriding it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+from . import backend
+from .errors import ConfigError
+
+METHODS = ("lora", "qlora", "adalora")
+LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
+                 "lm_head")
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "smollm2-135m"      # "smollm2-135m", a .gguf file, an HF folder, or "tiny" (small random model)
+    data: str = "dates"              # a generated task (dates, units, sort, reverse) or a folder with *.jsonl
+    method: str = "lora"             # lora | qlora | adalora
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = "q_proj,v_proj"   # comma-separated module names, or "all-linear"
+    rslora: bool = False
+    loraplus_ratio: float | None = None
+    steps: int = 60
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 5
+    max_seq_len: int = 128
+    max_grad_norm: float | None = None  # None: 0.3 for QLoRA (the QLoRA recipe), else 1.0
+    grad_checkpoint: bool = False
+    backend: str = "numpy"
+    seed: int = 0
+    out: str = "runs/finetune"
+    resume: bool = False
+    save_every: int = 0
+    eval_examples: int = 50
+    n_train: int = 2000
+    target_r: int = 4                # AdaLoRA: final average rank (r is its initial rank)
+    quant_type: str = "nf4"          # QLoRA: nf4 | fp4
+    progress: bool = True
+
+    def target_list(self):
+        return "all-linear" if self.targets.strip() == "all-linear" else \
+            [t.strip() for t in self.targets.split(",") if t.strip()]
+
+    def validate(self) -> "FinetuneConfig":
+        """Check every field's type and range; raise ConfigError naming the field."""
+        def positive_int(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("r", "steps", "batch_size", "max_seq_len", "eval_examples", "n_train", "target_r"):
+            positive_int(name)
+        if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
+            raise ConfigError(f"save_every must be an integer >= 0, got {self.save_every!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        for name in ("alpha", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.loraplus_ratio is not None and not (isinstance(self.loraplus_ratio, (int, float))
+                                                    and self.loraplus_ratio > 0):
+            raise ConfigError(f"loraplus_ratio must be a number > 0, got {self.loraplus_ratio!r}")
+        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                                   and self.max_grad_norm > 0):
+            raise ConfigError(f"max_grad_norm must be a number > 0, got {self.max_grad_norm!r}")
+        if self.method == "adalora" and self.target_r > self.r:
+            raise ConfigError(f"target_r ({self.target_r}) must not exceed r ({self.r}) for AdaLoRA")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"quant_type must be nf4 or fp4, got {self.quant_type!r}")
+        targets = self.target_list()
+        if not targets:
+            raise ConfigError("targets is empty: give module names such as q_proj,v_proj or all-linear")
+        if isinstance(targets, list):
+            unknown = [t for t in targets if t not in LLAMA_MODULES]
+            if unknown:
+                raise ConfigError(f"targets {unknown} match no module of a Llama model; available module names: "
+                                  f"{', '.join(LLAMA_MODULES)} (or all-linear)")
+        if self.backend not in backend.BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(backend.BACKENDS)}, got {self.backend!r}")
+        if self.backend == "cupy" and not backend.is_available("cupy"):
+            raise ConfigError("backend cupy needs a CUDA GPU and the cupy package, and none answers here; "
+                              "use --backend numpy")
+        self._validate_sources()
+        return self
+
+    def _validate_sources(self):
+        from .data.tasks import TASKS
+        from .io.pretrained import DEFAULT_MODEL_NAMES
+        if self.data not in TASKS:
+            for split in ("train.jsonl", "valid.jsonl"):
+                if not os.path.isfile(os.path.join(self.data, split)):
+                    raise ConfigError(f"data {self.data!r} is neither a task ({', '.join(sorted(TASKS))}) nor a "
+                                      f"folder with train.jsonl and valid.jsonl ({split} not found)")
+        if self.model != "tiny" and self.model.lower() not in DEFAULT_MODEL_NAMES and not os.path.exists(self.model):
+            raise ConfigError(f"model {self.model!r} not found: use smollm2-135m, a .gguf file, a checkpoint "
+                              "folder or tiny")
+        if self.resume:
+            from .checkpoint import checkpoint_path
+            if not os.path.isfile(checkpoint_path(self.out)):
+                raise ConfigError(f"--resume: no checkpoint at {checkpoint_path(self.out)}")
+
+    @classmethod
+    def from_file(cls, path: str, overrides: dict | None = None) -> "FinetuneConfig":
+        """Fields from a JSON or YAML file, then ``overrides``; unknown keys warn and are ignored."""
+        import warnings
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError as exc:
+                raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use JSON") from exc
+            data = yaml.safe_load(text)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of field names to values")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{path}: ignoring unknown config keys {unknown}", stacklevel=2)
+        data = {k.replace("-", "_"): v for k, v in data.items() if k in known}
+        data.update(overrides or {})
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
