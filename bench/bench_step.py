@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 
@@ -189,29 +187,14 @@ def machine_info(np) -> dict:
                 platform=platform.platform())
 
 
-def write_json(path: str, data: dict) -> None:
-    """Atomic: a temporary file in the same folder, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench_step.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads is not None:  # must happen before NumPy (and its BLAS) is loaded
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
     tuned = tune_malloc() if args.malloc_tuning else False
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [here, os.path.dirname(here)]  # bench/common.py and the minilora package
     import numpy as np
 
     cfg, model = build(args)
@@ -239,6 +222,7 @@ def main(argv=None) -> dict:
         best_single_shape_gflops_per_s=best_shape, fraction_of_best_shape=achieved / best_shape,
         gemm_seconds_at_peak=ideal, gemm_cpu_seconds_at_peak=ideal_cpu, gemms=rows)
     print_table(result)
+    from common import write_json  # bench/common.py: atomic (temp file in the folder, then os.replace)
     write_json(args.json, result)
     print(f"wrote {args.json}")
     return result
