@@ -106,7 +106,7 @@ class RankAllocator:
         for path, layer in self.layers:
             xp = layer.xp
             s = xp.astype(scores[path], xp.float64)
-            keep = s > threshold if threshold is not None else xp.ones(s.shape, dtype=xp.bool)
+            keep = s > threshold if threshold is not None else xp.full(s.shape, True)
             e = layer.lora_E[self.adapter_name]
             e.data = xp.where(xp.reshape(keep, (-1, 1)), e.data, xp.zeros_like(e.data))
             pattern[f"{path}.lora_E"] = [bool(v) for v in backend.to_numpy(keep).tolist()]
@@ -123,7 +123,7 @@ class RankAllocator:
             if len(keep) != e.shape[0]:
                 raise ValueError(f"rank_pattern[{path + '.lora_E'!r}] has {len(keep)} entries, the layer has "
                                  f"rank {e.shape[0]}")
-            mask = xp.reshape(xp.asarray(keep, dtype=xp.bool), (-1, 1))
+            mask = xp.reshape(xp.asarray([bool(k) for k in keep]), (-1, 1))
             e.data = xp.where(mask, e.data, xp.zeros_like(e.data))
 
     # ------------------------------------------------------------ checkpoints
