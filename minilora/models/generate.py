@@ -39,6 +39,8 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
                     rng=None, eos_token_id: int | None = None, use_cache: bool = True):
     """Yield the new tokens of each step as host int64 arrays (B,); stops early when every row has emitted eos.
 
+    A row that has emitted eos keeps producing tokens until all rows have; callers cut each row at eos.
+
     prompt_ids (T0,) or (B, T0). use_cache=False recomputes the whole prefix each step (the reference
     the cached path is tested against).
     """
