@@ -242,6 +242,10 @@ def check_llama_state_dict(state: dict, config: ModelConfig, path=None) -> None:
 
     Bias tensors are accepted when the config enables them.
     """
+    per_layer, top = 9, 2 + (not config.tie_word_embeddings)
+    if len(state) < top + per_layer * config.num_hidden_layers:  # before listing what a huge config claims
+        raise FileFormatError(path, f"missing weights: {len(state)} tensors for a config that needs "
+                                    f"{top + per_layer * config.num_hidden_layers}")
     expected = llama_shapes(config)
     missing = sorted(set(expected) - set(state))
     if missing:
