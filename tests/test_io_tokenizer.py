@@ -175,3 +175,15 @@ def test_smollm2_facts(smollm2):
 @given(text=encodable_text)
 def test_smollm2_round_trip_on_unicode(smollm2, text):
     assert smollm2.decode(smollm2.encode(text)) == text
+
+
+def test_an_hf_folder_carries_its_tokenizer(tiny, tmp_path):
+    from minilora.io import load_pretrained, load_tokenizer, save_hf_checkpoint
+    from minilora.models import ModelConfig, Transformer
+
+    config = ModelConfig(vocab_size=tiny.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, bos_token_id=1, eos_token_id=2)
+    save_hf_checkpoint(tmp_path / "m", Transformer(config), tokenizer=tiny)
+    model, tokenizer = load_pretrained(tmp_path / "m")
+    assert model.config == config and tokenizer.encode(" the world") == tiny.encode(" the world")
+    assert load_tokenizer(tmp_path / "m").eos_token_id == 2
