@@ -78,7 +78,7 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
     from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from .data import Batches, encode_example
     from .evaluate import exact_match
-    from .train import History, TrainConfig, train
+    from .train import History, TrainConfig, TrainingStopped, train
 
     cfg.validate()
     tic = time.perf_counter()
@@ -102,7 +102,7 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         start, history = 0, History()
         if cfg.resume:
             state = load_checkpoint(ckpt, model, optimizer)
-            start, history = state["step"] + 1, History(**state["history"])
+            start, history = state["step"] + 1, History(**(state["history"] or {}))
             log(f"resumed from {ckpt} at step {start}")
 
         def save(step, hist):
@@ -112,8 +112,13 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         train_cfg = TrainConfig(steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1),
                                 max_grad_norm=max_norm, save_every=cfg.save_every, progress=cfg.progress)
         if start < cfg.steps:
-            history = train(model, optimizer, batches, train_cfg, start_step=start, history=history,
-                            save_checkpoint=save, log=log)
+            try:
+                history = train(model, optimizer, batches, train_cfg, start_step=start, history=history,
+                                save_checkpoint=save, log=log)
+            except TrainingStopped as exc:  # keep the evidence: history.json lists the skipped steps
+                _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
+                last = f"the last checkpoint is {ckpt}" if os.path.isfile(ckpt) else "no checkpoint was written"
+                raise TrainingStopped(f"{exc}; {last}; history.json lists the skipped steps") from None
         after = exact_match(model, tokenizer, eval_set)
         log(f"after:  exact match {after['exact_match']:.1%} on {after['n']} held-out examples")
         _log_sample(log, after)
@@ -141,11 +146,11 @@ def save_outputs(model, cfg: FinetuneConfig, history) -> None:
     save_adapter(model, os.path.join(cfg.out, "adapter"))
     _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
     plot_loss(history, os.path.join(cfg.out, "loss.png"))
-    plot_ranks = getattr(model, "plot_rank_pattern", None)
-    if plot_ranks is not None:
+    if cfg.method == "adalora":
+        from .lora.adalora import plot_rank_pattern
         try:
-            plot_ranks(os.path.join(cfg.out, "ranks.png"))
-        except ImportError:
+            plot_rank_pattern(model, os.path.join(cfg.out, "rank_pattern.png"))
+        except ImportError:  # matplotlib is in the plots extra
             pass
 
 

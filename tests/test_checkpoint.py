@@ -74,3 +74,33 @@ def test_a_file_that_is_not_a_checkpoint_is_named_in_the_error(tmp_path):
     model, opt, _ = _setup()
     with pytest.raises(FileFormatError, match="other.safetensors.*not a minilora checkpoint"):
         load_checkpoint(path, model, opt)
+
+
+def test_adalora_resume_masks_exactly_like_an_uninterrupted_run(tmp_path):
+    from minilora.lora import AdaLoraConfig
+
+    def setup():
+        tok = CharTokenizer()
+        train_set, _ = task_splits("sort", n_train=100, n_eval=5)
+        config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=32)
+        model = get_lora_model(Transformer(config, seed=1),
+                               AdaLoraConfig(init_r=4, target_r=2, total_step=10, tinit=2, tfinal=2,
+                                             target_modules=["q_proj", "v_proj"]), seed=2)
+        optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+        batches = Batches([encode_example(tok, p, c, 31) for p, c in train_set], 4, tok.pad_token_id, seed=3)
+        return model, optimizer, batches
+    cfg = TrainConfig(steps=10, progress=False)
+    model, opt, batches = setup()
+    train(model, opt, batches, cfg)
+    expected, pattern = _params(model), model.peft_config["default"].rank_pattern
+    model, opt, batches = setup()
+    path = tmp_path / "ckpt.safetensors"
+    train(model, opt, batches, TrainConfig(steps=10, save_every=1, progress=False),
+          save_checkpoint=lambda step, h: step == 4 and save_checkpoint(path, model, opt, step, h))
+    model, opt, batches = setup()
+    state = load_checkpoint(path, model, opt)
+    train(model, opt, batches, cfg, start_step=state["step"] + 1, history=History(**state["history"]))
+    assert model.peft_config["default"].rank_pattern == pattern
+    for name, value in expected.items():
+        np.testing.assert_array_equal(_params(model)[name], value, err_msg=name)

@@ -6,10 +6,14 @@ from .model import MODEL_CLASSES, LoraModel, get_lora_model, register_model_clas
 from .save_load import (AdapterLoadError, adapter_parameters, adapter_state_dict, load_adapter, read_adapter,
                         save_adapter)
 from .weighted import add_weighted_adapter
+from .adalora import (AdaLoraConfig, AdaLoraModel, RankAllocator, SVDLinear, load_adalora_adapter,  # noqa: E402
+                      orthogonal_regularizer, plot_rank_pattern, save_adalora_adapter, to_lora)
 
 __all__ = ["LoraConfig", "CONFIG_CLASSES", "config_from_dict", "lora_scaling", "LoRALayer", "LoRALinear",
            "LoRAEmbedding", "LoRAFactor", "AdapterDict", "check_adapter_name", "is_quantized",
            "ModulesToSaveWrapper", "find_targets", "inject_adapter", "lora_layers", "LoraModel",
            "get_lora_model", "register_model_class", "MODEL_CLASSES",
            "save_adapter", "load_adapter", "read_adapter", "adapter_state_dict", "adapter_parameters",
-           "AdapterLoadError", "add_weighted_adapter"]
+           "AdapterLoadError", "add_weighted_adapter",
+           "AdaLoraConfig", "AdaLoraModel", "SVDLinear", "RankAllocator", "orthogonal_regularizer", "to_lora",
+           "plot_rank_pattern", "save_adalora_adapter", "load_adalora_adapter"]

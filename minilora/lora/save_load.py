@@ -26,6 +26,8 @@ import tempfile
 import numpy as np
 
 from .. import backend
+from ..errors import FileFormatError, MiniloraError, MissingFileError, UnsafePathError
+from ..io.safetensors_io import load_safetensors
 from ..nn import Module
 from .config import config_from_dict
 from .inject import adapter_shapes, find_targets, lora_layers, matches, save_wrappers, walk
@@ -37,8 +39,16 @@ CONFIG_NAME = "adapter_config.json"
 PREFIX = "base_model.model."
 
 
-class AdapterLoadError(ValueError):
+class AdapterLoadError(MiniloraError, ValueError):
     """An adapter file that does not fit the model: every offending key is listed."""
+
+
+def _safe_name(name) -> str:
+    """check_adapter_name, raising UnsafePathError: adapter names become folder names."""
+    try:
+        return check_adapter_name(name)
+    except ValueError as exc:
+        raise UnsafePathError(str(exc)) from None
 
 
 def adapter_parameters(lora_model: LoraModel, adapter_name: str = "default") -> dict:
@@ -92,9 +102,14 @@ def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
         raise ValueError(f"save_adapter: expected a LoraModel, got {type(lora_model).__name__}")
     names = list(lora_model.peft_config) if adapter_name is None else (
         [adapter_name] if isinstance(adapter_name, str) else list(adapter_name))
+    for name in names:  # every name is checked before anything is written
+        _safe_name(name)
     written = []
     for name in names:
-        check_adapter_name(name)
+        if getattr(lora_model.peft_config[name], "peft_type", "LORA") == "ADALORA":
+            from .adalora.save_load import save_adalora_adapter  # sliced to the kept ranks, with rank_pattern
+            written.append(save_adalora_adapter(lora_model, directory, name))
+            continue
         folder = os.path.join(os.fspath(directory), "" if name == "default" else name)
         os.makedirs(folder, exist_ok=True)
         tensors = adapter_state_dict(lora_model, name)
@@ -115,16 +130,20 @@ def read_adapter(directory) -> tuple:
     config_path, weights_path = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"load_adapter: {path} does not exist")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"load_adapter: {config_path} is not valid JSON: {exc}") from None
+            raise MissingFileError(path, "adapter file")
+    with open(config_path, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FileFormatError(config_path, f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"load_adapter: {config_path} must hold a JSON object")
-    from safetensors.numpy import load_file
-    return config_from_dict(data), load_file(weights_path)
+        raise FileFormatError(config_path, f"must hold a JSON object, found {type(data).__name__}")
+    try:
+        config = config_from_dict(data)
+    except (ValueError, TypeError) as exc:  # a field of the wrong type or range
+        raise FileFormatError(config_path, str(exc)) from None
+    return config, load_safetensors(weights_path)[0]
 
 
 def load_adapter(model: Module, directory, adapter_name: str = "default", is_trainable: bool = False,
@@ -136,8 +155,11 @@ def load_adapter(model: Module, directory, adapter_name: str = "default", is_tra
     whether the loaded adapter's parameters require grad (PEFT's default: False, for inference).
     Returns the LoraModel.
     """
-    check_adapter_name(adapter_name)
+    _safe_name(adapter_name)
     config, tensors = read_adapter(directory)
+    if getattr(config, "peft_type", "LORA") == "ADALORA":
+        from .adalora.save_load import load_adalora_adapter  # each layer resized to its kept rank
+        return load_adalora_adapter(model, directory, adapter_name, is_trainable=is_trainable, seed=seed)
     existing = isinstance(model, LoraModel) and adapter_name in model.peft_config
     base = model.model if isinstance(model, LoraModel) else model
     if existing:
@@ -181,14 +203,18 @@ def expected_shapes(base: Module, config) -> dict:
             if name.split(".")[-1] == "bias" and ".modules_to_save." not in name:
                 key = f"{owner}.base_layer.bias" if owner in lora_paths else name
                 out[PREFIX + key] = p.shape
-    for path, module in walk(base):
-        if config.modules_to_save and matches(config.modules_to_save, path):
-            inner = getattr(module, "original_module", module)
-            for name, p in inner.named_parameters():
-                out[f"{PREFIX}{path}.{name}"] = p.shape
-                if config.bias == "all" and name.split(".")[-1] == "bias":
-                    out[f"{PREFIX}{path}.original_module.{name}"] = p.shape
-                    out[f"{PREFIX}{path}.modules_to_save.{name}"] = p.shape
+    saved_modules = [(path, module) for path, module in walk(base)
+                     if config.modules_to_save and matches(config.modules_to_save, path)]
+    if config.modules_to_save and not saved_modules:  # found here, before get_lora_model changes the model
+        raise AdapterLoadError(f"the adapter does not fit this model: modules_to_save={config.modules_to_save!r} "
+                               "matches no module")
+    for path, module in saved_modules:
+        inner = getattr(module, "original_module", module)
+        for name, p in inner.named_parameters():
+            out[f"{PREFIX}{path}.{name}"] = p.shape
+            if config.bias == "all" and name.split(".")[-1] == "bias":
+                out[f"{PREFIX}{path}.original_module.{name}"] = p.shape
+                out[f"{PREFIX}{path}.modules_to_save.{name}"] = p.shape
     return out
 
 
