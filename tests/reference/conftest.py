@@ -30,8 +30,3 @@ def pytest_pycollect_makemodule(module_path, parent):
         return _SkippedFile.from_parent(parent, path=module_path)
     return None
 
-
-if not MISSING:
-    # Every import of bitsandbytes warns about an optional package it does not need on the CPU.
-    import warnings
-    warnings.filterwarnings("ignore", message=".*kernels.*")
