@@ -138,6 +138,11 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise ValueError(f"Tokenizer.encode: text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"Tokenizer.encode: text has a lone surrogate {text[exc.start]!r} at position "
+                             f"{exc.start}, which UTF-8 cannot encode") from None
         ids = self._tk.encode(text, add_special_tokens=False).ids
         if add_special_tokens and self.bos_token_id is not None:
             ids = [self.bos_token_id] + ids
