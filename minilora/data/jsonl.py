@@ -8,7 +8,8 @@ Each line is one JSON object in one of three shapes:
                                                 that assistant message (loss on it only)
     {"text": "..."}                             plain text: loss on every token
 Every example becomes (prompt, completion); "text" gives an empty prompt. A bad line raises a
-DataError naming the file and the line number.
+DataError naming the file and the line number. ``check_jsonl_folder`` runs the same checks without a
+tokenizer, so a bad line is found before a model is loaded.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..errors import DataError, MissingFileError
 SPLITS = {"train": "train.jsonl", "valid": "valid.jsonl"}
 
 
-def _example(obj, path, line_no, tokenizer):
+def _example(obj, path, line_no, tokenizer, check_only=False):
     where = f"{path}:{line_no}"
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -37,6 +38,8 @@ def _example(obj, path, line_no, tokenizer):
             raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} strings")
         if messages[-1]["role"] != "assistant":
             raise DataError(f"{where}: the last message must have role 'assistant' (it is what the model learns)")
+        if check_only:
+            return None
         if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
             raise DataError(f"{where}: chat examples need a tokenizer with a chat template")
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
@@ -48,33 +51,46 @@ def _example(obj, path, line_no, tokenizer):
     raise DataError(f"{where}: expected keys 'prompt'+'completion', 'messages' or 'text', got {sorted(obj)}")
 
 
-def read_jsonl(path, tokenizer=None) -> list:
-    """(prompt, completion) pairs of one .jsonl file (blank lines are skipped)."""
+def read_jsonl(path, tokenizer=None, check_only=False) -> list:
+    """(prompt, completion) pairs of one .jsonl file (blank lines are skipped; a leading BOM is allowed).
+
+    check_only: validate every line's shape without a tokenizer (chat examples give None).
+    """
     if not os.path.isfile(path):
         raise MissingFileError(path, "data file")
     examples = []
-    with open(path, encoding="utf-8", errors="strict") as f:
+    with open(path, "rb") as f:
+        raw_lines = list(f)
+    for line_no, raw in enumerate(raw_lines, start=1):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+            raw = raw[3:]
         try:
-            lines = list(f)
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-    for line_no, line in enumerate(lines, start=1):
+            raise DataError(f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
-        examples.append(_example(obj, path, line_no, tokenizer))
+        except RecursionError:
+            raise DataError(f"{path}:{line_no}: JSON nested too deeply") from None
+        examples.append(_example(obj, path, line_no, tokenizer, check_only))
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
 
 
-def load_jsonl_folder(folder, tokenizer=None) -> tuple[list, list]:
+def load_jsonl_folder(folder, tokenizer=None, check_only=False) -> tuple[list, list]:
     """(train, valid) example lists from ``folder``/train.jsonl and ``folder``/valid.jsonl."""
     if not os.path.isdir(folder):
         raise MissingFileError(folder, "data folder")
-    train = read_jsonl(os.path.join(folder, SPLITS["train"]), tokenizer)
-    valid = read_jsonl(os.path.join(folder, SPLITS["valid"]), tokenizer)
+    train = read_jsonl(os.path.join(folder, SPLITS["train"]), tokenizer, check_only)
+    valid = read_jsonl(os.path.join(folder, SPLITS["valid"]), tokenizer, check_only)
     return train, valid
+
+
+def check_jsonl_folder(folder) -> None:
+    """Raise MissingFileError / DataError (file and line) for a data folder before any model is loaded."""
+    load_jsonl_folder(folder, tokenizer=None, check_only=True)
