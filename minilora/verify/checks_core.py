@@ -168,6 +168,27 @@ def transformer_run(config, weights, ids, targets, name: str, dtype: str):
         return host64(logits.data), host64(loss.data), grads
 
 
+def transformer_central_diff(config, weights, ids, targets, name: str, rng, eps: float = 1e-6) -> float:
+    """Relative gap between <grad L, d> and (L(w + eps d) - L(w - eps d)) / (2 eps) for a random
+    direction d over every parameter at once, in float64 on backend ``name``."""
+    from ..models.transformer import Transformer
+    from ..tensor import no_grad
+    direction = {k: rng.standard_normal(v.shape) for k, v in weights.items()}
+    _, _, grads = transformer_run(config, weights, ids, targets, name, "float64")
+    analytic = sum(float(np.sum(grads[k] * direction[k])) for k in grads)
+    losses = []
+    with backend.use_backend(name) as xp, no_grad():
+        model = Transformer(config, dtype="float64")
+        for sign in (1.0, -1.0):
+            model.load_state_dict({k: put(v + sign * eps * direction[k], xp, "float64") for k, v in weights.items()})
+            logits = model(put(ids, xp))
+            b, n, v = logits.shape
+            losses.append(float(host64(F.cross_entropy(ops.reshape(logits, shape=(b * n, v)),
+                                                       put(targets.reshape(-1), xp)))))
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    return abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-12)
+
+
 def check_transformer(t: Target) -> list:
     """Llama-style (RMSNorm, RoPE, GQA, SwiGLU, tied head) and GPT-2-style decoders: forward and
     backward on the backend against the same model and weights on NumPy float64."""
@@ -175,6 +196,7 @@ def check_transformer(t: Target) -> list:
     for style, config in model_configs().items():
         fwd = Tally(f"transformer {style} logits+loss", TOL_LONG[t.dtype])
         bwd = Tally(f"transformer {style} grads", TOL_LONG[t.dtype])
+        central = Tally(f"transformer {style} grads central-diff f64", TOL_CENTRAL)
         for i in range(t.examples):
             rng = t.rng("transformer", style, i)
             with backend.use_backend("numpy"):
@@ -195,5 +217,9 @@ def check_transformer(t: Target) -> list:
             except Exception as exc:
                 fwd.error(exc)
                 bwd.error(exc)
-        rows += [fwd.row(), bwd.row()]
+            try:
+                central.record(None, transformer_central_diff(config, weights, ids, targets, t.name, rng))
+            except Exception as exc:
+                central.error(exc)
+        rows += [fwd.row(), bwd.row(), central.row()]
     return rows
