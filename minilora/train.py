@@ -12,13 +12,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from .errors import MiniloraError
 from .optim.clip import clip_grad_norm, grad_norm
 from .optim.schedule import LRScheduler
 from .models.transformer import lm_loss
 
 
-class TrainingStopped(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
+class TrainingStopped(MiniloraError, RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient (the CLI reports it, no traceback)."""
 
 
 @dataclass
