@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from . import backend
-from .errors import ConfigError
+from .errors import ConfigError, MissingFileError
 
 METHODS = ("lora", "qlora", "adalora")
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
@@ -53,6 +53,15 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Check every field's type and range; raise ConfigError naming the field."""
+        for name in ("model", "data", "method", "targets", "backend", "out", "quant_type"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("rslora", "grad_checkpoint", "resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+
         def positive_int(name):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -67,16 +76,15 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.loraplus_ratio is not None and not (isinstance(self.loraplus_ratio, (int, float))
-                                                    and self.loraplus_ratio > 0):
-            raise ConfigError(f"loraplus_ratio must be a number > 0, got {self.loraplus_ratio!r}")
-        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
-                                                   and self.max_grad_norm > 0):
-            raise ConfigError(f"max_grad_norm must be a number > 0, got {self.max_grad_norm!r}")
+        for name in ("loraplus_ratio", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not (value > 0 and math.isfinite(value))):
+                raise ConfigError(f"{name} must be a finite number > 0 (or unset), got {value!r}")
         if self.method == "adalora" and self.target_r > self.r:
             raise ConfigError(f"target_r ({self.target_r}) must not exceed r ({self.r}) for AdaLoRA")
         if self.quant_type not in ("nf4", "fp4"):
@@ -98,6 +106,7 @@ class FinetuneConfig:
         return self
 
     def _validate_sources(self):
+        from .data.jsonl import check_jsonl_folder
         from .data.tasks import TASKS
         from .io.pretrained import DEFAULT_MODEL_NAMES
         if self.data not in TASKS:
@@ -105,6 +114,9 @@ class FinetuneConfig:
                 if not os.path.isfile(os.path.join(self.data, split)):
                     raise ConfigError(f"data {self.data!r} is neither a task ({', '.join(sorted(TASKS))}) nor a "
                                       f"folder with train.jsonl and valid.jsonl ({split} not found)")
+            check_jsonl_folder(self.data)  # a bad line: DataError naming the file and the line
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"out {self.out!r} exists and is not a folder")
         if self.model != "tiny" and self.model.lower() not in DEFAULT_MODEL_NAMES and not os.path.exists(self.model):
             raise ConfigError(f"model {self.model!r} not found: use smollm2-135m, a .gguf file, a checkpoint "
                               "folder or tiny")
@@ -112,19 +124,30 @@ class FinetuneConfig:
             from .checkpoint import checkpoint_path
             if not os.path.isfile(checkpoint_path(self.out)):
                 raise ConfigError(f"--resume: no checkpoint at {checkpoint_path(self.out)}")
+            from .io.safetensors_io import read_safetensors_metadata
+            if read_safetensors_metadata(checkpoint_path(self.out)).get("format") != "minilora-checkpoint":
+                raise ConfigError(f"--resume: {checkpoint_path(self.out)} is not a minilora checkpoint")
 
     @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "FinetuneConfig":
         """Fields from a JSON or YAML file, then ``overrides``; unknown keys warn and are ignored."""
         import warnings
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        if not os.path.isfile(path):
+            raise MissingFileError(path, "config file")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
         if path.endswith((".yaml", ".yml")):
             try:
                 import yaml
             except ImportError as exc:
                 raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use JSON") from exc
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         else:
             try:
                 data = json.loads(text)
@@ -133,10 +156,11 @@ class FinetuneConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of field names to values")
         known = {f.name for f in fields(cls)}
+        data = {str(k).replace("-", "_"): v for k, v in data.items()}  # "batch-size" as on the command line
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(f"{path}: ignoring unknown config keys {unknown}", stacklevel=2)
-        data = {k.replace("-", "_"): v for k, v in data.items() if k in known}
+        data = {k: v for k, v in data.items() if k in known}
         data.update(overrides or {})
         return cls(**data)
 
