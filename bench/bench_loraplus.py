@@ -1,8 +1,9 @@
 """LoRA+ against plain LoRA: the same fine-tune with loraplus_lr_ratio 1 and 16, over several seeds.
 
-A tiny Llama-style model is first trained from scratch on the 'sort' task (the base). Each run then
-injects LoRA (r=8, alpha=16, all linear layers), trains on the 'reverse' task with AdamW at a base
-learning rate tuned once for plain LoRA (ratio 1), and evaluates the held-out loss every few steps.
+A tiny Llama-style model is first trained from scratch on the 'sort' task (the base: it sorts digits
+in ascending order). Each run then injects LoRA (r=8, alpha=16, all linear layers) and teaches it the
+same prompts with the digits sorted in DESCENDING order, with AdamW at a base learning rate tuned
+once for plain LoRA (ratio 1), evaluating the held-out loss every few steps.
 Reported per ratio: the steps needed to reach a fixed eval loss, the final eval loss and the final
 exact match, as medians over seeds. The paper (arXiv 2402.12354) claims up to ~2x faster convergence.
 
@@ -28,6 +29,11 @@ from minilora.optim import AdamW, create_loraplus_optimizer  # noqa: E402
 from minilora.tensor import no_grad  # noqa: E402
 from minilora.tiny import train_tiny  # noqa: E402
 from minilora.train import TrainConfig, train  # noqa: E402
+
+
+def descending(pairs):
+    """The sort task's prompts with the answer reversed: 'sort 4913 =' -> ' 9431'."""
+    return [(prompt, " " + completion.strip()[::-1]) for prompt, completion in pairs]
 
 
 def eval_loss(model, encoded, pad_id) -> float:
@@ -66,10 +72,10 @@ def steps_to_reach(curve, target):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--every", type=int, default=10, help="evaluate every N steps")
     p.add_argument("--base-steps", type=int, default=600, help="from-scratch steps of the base model")
-    p.add_argument("--target-loss", type=float, default=0.5, help="the fixed eval loss to reach")
+    p.add_argument("--target-loss", type=float, default=0.3, help="the fixed eval loss to reach")
     p.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="base learning rates tried once for ratio 1")
     p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "bench_loraplus.json"))
@@ -77,7 +83,7 @@ def main(argv=None):
     tic = time.perf_counter()
     base = train_tiny(task="sort", steps=args.base_steps, progress=False)["model"]
     tok = CharTokenizer()
-    train_set, eval_set = task_splits("reverse", n_train=2000, n_eval=100, seed=0)
+    train_set, eval_set = (descending(split) for split in task_splits("sort", n_train=2000, n_eval=100, seed=1))
     tuning = {}
     for lr in (float(x) for x in args.lrs.split(",")):
         curve, _ = finetune(base, 1.0, lr, 0, args.steps, args.every, tok, train_set, eval_set)
