@@ -103,9 +103,6 @@ def test_no_loader_can_run_code_from_a_file():
     assert hits == []
 
 
-@pytest.mark.xfail(strict=True, reason="minilora/quant/state.py load_quantized calls safetensors.load_file "
-                                       "directly: a truncated file raises SafetensorError, not a MiniloraError "
-                                       "(fix: use minilora.io.safetensors_io.load_safetensors)")
 def test_truncated_quant_state_file_raises_a_minilora_error(tmp_path):
     from minilora.quant import load_quantized, quantize_4bit, save_quantized
     packed, state = quantize_4bit(np.linspace(-1, 1, 256, dtype=np.float32).reshape(16, 16), blocksize=64,
@@ -115,3 +112,12 @@ def test_truncated_quant_state_file_raises_a_minilora_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(MiniloraError):
         load_quantized(str(path))
+
+
+def test_add_adapter_with_an_unsafe_name_raises_a_minilora_error():
+    from minilora.errors import UnsafePathError
+    from minilora.lora import LoraConfig, check_adapter_name
+    for bad in ("../x", "a/b", "", "_x", "a.b"):
+        with pytest.raises(UnsafePathError):
+            check_adapter_name(bad)
+    assert issubclass(UnsafePathError, ValueError) and LoraConfig  # callers catching ValueError still work

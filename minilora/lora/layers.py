@@ -20,9 +20,11 @@ from __future__ import annotations
 import math
 
 from .. import backend, functional as F, ops
+from ..errors import UnsafePathError
 from ..nn import Module, Parameter
 from ..tensor import Tensor
 from .config import lora_scaling
+
 
 def check_adapter_name(name) -> str:
     """Adapter names become path parts and folder names: no dots, separators or '..'.
@@ -31,8 +33,8 @@ def check_adapter_name(name) -> str:
     """
     if not isinstance(name, str) or not name or name.startswith("_") or hasattr(AdapterDict, name) \
             or any(c in name for c in "./\\") or not name.isprintable():
-        raise ValueError(f"adapter_name must be a non-empty name without '.', '/', '\\' or a leading '_', "
-                         f"and not an attribute of AdapterDict; got {name!r}")
+        raise UnsafePathError(f"adapter_name must be a non-empty name without '.', '/', '\\' or a leading '_', "
+                              f"and not an attribute of AdapterDict; got {name!r}")
     return name
 
 

@@ -132,34 +132,26 @@ def save_quantized(path: str, packed, state: QuantState, name: str = "weight") -
 
     The layout is bitsandbytes' (packed metadata tensor included). The write is atomic.
     """
-    import os
-    import tempfile
-
-    from safetensors.numpy import save
+    from ..io.safetensors_io import save_safetensors  # atomic: temp file, fsync, rename
 
     tensors = {name: backend.to_numpy(packed)}
     tensors.update({f"{name}.{k}": backend.to_numpy(v) for k, v in state.to_dict(packed=True).items()})
-    blob = save({k: v.copy(order="C") for k, v in tensors.items()}, metadata={"format": "minilora-4bit"})
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_safetensors(path, {k: v.copy(order="C") for k, v in tensors.items()}, metadata={"format": "minilora-4bit"})
 
 
 def load_quantized(path: str, name: str = "weight", xp=None):
     """Read what ``save_quantized`` wrote: (packed, QuantState), arrays in namespace ``xp``."""
-    from safetensors.numpy import load_file
+    from ..errors import FileFormatError
+    from ..io.safetensors_io import load_safetensors  # a damaged file raises FileFormatError naming it
 
-    tensors = load_file(path)
+    tensors, _ = load_safetensors(path)
     if name not in tensors:
-        raise ValueError(f"load_quantized: no tensor {name!r} in {path} (have {sorted(tensors)})")
+        raise FileFormatError(path, f"load_quantized: no tensor {name!r} (have {sorted(tensors)})")
     xp = backend.current_namespace() if xp is None else xp
     prefix = name + "."
-    state = QuantState.from_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, xp=xp)
+    try:
+        state = QuantState.from_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                     xp=xp)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FileFormatError(path, f"not a valid 4-bit quantization state ({exc})") from None
     return backend.from_numpy(tensors[name], xp), state
