@@ -15,9 +15,12 @@ gguf_file=, which dequantizes to float32). The parent alternates the two workers
 round) through one warm-up and --steps timed repetitions, and reports medians, the ratio
 minilora / torch, and peak RSS: "rss_peak" is the process's lifetime peak (getrusage ru_maxrss, loading
 included), "rss_run_peak" the peak while timing (VmHWM after resetting it via /proc/self/clear_refs).
+Each run also records the worker's CPU time (time.process_time, all its threads): on a machine that
+other jobs load, wall time measures the scheduler too, CPU time less so (spinning BLAS threads count).
 
 Needs torch, transformers, peft, bitsandbytes (the .venv-ref environment):
     .venv-ref/bin/python bench/compare_torch.py [--steps 5] [--quick] [--tasks lora,qlora,generate]
+    .venv-ref/bin/python bench/compare_torch.py --profile lora     # where minilora's step spends its time
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--malloc-tuning", action="store_true",
                    help="minilora workers use bench_step.tune_malloc (glibc keeps freed arrays; default: off)")
     p.add_argument("--json", default=os.path.join(HERE, "results", "compare_torch.json"))
+    p.add_argument("--profile", choices=("lora", "qlora", "generate"),
+                   help="instead of comparing: cProfile one minilora run of this task after a warm-up, in this process")
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "TASK"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -207,7 +212,9 @@ def worker(framework: str, task: str, args) -> None:
     reset = _reset_peak_rss()
     for line in sys.stdin:
         if line.strip() == "run":
-            send(run())
+            c0 = time.process_time()
+            r = run()
+            send(dict(r, cpu_seconds=time.process_time() - c0))
         else:
             import resource
             send({"rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -271,16 +278,23 @@ def summarize(task: str, res: dict, args) -> dict:
     for fw in ("minilora", "torch"):
         secs = [r["seconds"] for r in res[fw]["runs"]]
         row[f"{fw}_s"] = statistics.median(secs)
+        if all("cpu_seconds" in r for r in res[fw]["runs"]):
+            row[f"{fw}_cpu_s"] = statistics.median(r["cpu_seconds"] for r in res[fw]["runs"])
         row[f"{fw}_rss_gib"] = res[fw]["memory"]["rss_peak_kib"] / 2**20
         run_peak = res[fw]["memory"]["rss_run_peak_kib"]
         row[f"{fw}_run_rss_gib"] = run_peak / 2**20 if run_peak else None
     row["time_ratio"] = row["minilora_s"] / row["torch_s"]
+    if "minilora_cpu_s" in row and "torch_cpu_s" in row:
+        row["cpu_ratio"] = row["minilora_cpu_s"] / row["torch_cpu_s"]
     row["rss_ratio"] = row["minilora_rss_gib"] / row["torch_rss_gib"]
     if task == "generate":
         row["minilora_tok_s"] = args.new_tokens / row["minilora_s"]
         row["torch_tok_s"] = args.new_tokens / row["torch_s"]
         row["speed_ratio"] = row["minilora_tok_s"] / row["torch_tok_s"]
-        row["same_tokens"] = res["minilora"]["runs"][0]["tokens"] == res["torch"]["runs"][0]["tokens"]
+        ours, theirs = res["minilora"]["runs"][0]["tokens"], res["torch"]["runs"][0]["tokens"]
+        row["same_tokens"] = ours == theirs
+        # transformers' min_new_tokens suppresses end-of-sequence; minilora (no eos_token_id) does not
+        row["agreeing_prefix"] = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
     else:
         row["loss_minilora"], row["loss_torch"] = res["minilora"]["runs"][0]["loss"], res["torch"]["runs"][0]["loss"]
     return row
@@ -302,6 +316,28 @@ def goals(rows: dict) -> list[dict]:
     return out
 
 
+def profile(args, top: int = 25) -> dict:
+    """cProfile of one minilora run (after a warm-up) with the worker's settings; prints the top by tottime."""
+    import cProfile
+    import io
+    import pstats
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)  # effective only if NumPy is not loaded yet (it is not, here)
+    run = minilora_setup(args.profile, args)
+    run()
+    profiler = cProfile.Profile()
+    c0 = time.process_time()
+    profiler.enable()
+    seconds = run()["seconds"]
+    profiler.disable()
+    cpu = time.process_time() - c0
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    print(f"minilora {args.profile}: {seconds:.3f} s wall, {cpu:.3f} s CPU (under the profiler)")
+    print(text.getvalue())
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     found = {}
@@ -318,6 +354,8 @@ def main(argv=None) -> dict:
     if args.worker:
         worker(*args.worker, args)
         return {}
+    if args.profile:
+        return profile(args)
     sys.path.insert(0, HERE)
     from common import machine, table, write_json
     info = dict(machine(), load_average_start=os.getloadavg())
@@ -328,13 +366,14 @@ def main(argv=None) -> dict:
         for task in args.tasks:
             raw[task] = measure(task, args, log_dir)
             rows[task] = summarize(task, raw[task], args)
-    columns = ["task", "minilora_s", "torch_s", "time_ratio", "minilora_rss_gib", "torch_rss_gib", "rss_ratio",
+    columns = ["task", "minilora_s", "torch_s", "time_ratio", "minilora_cpu_s", "torch_cpu_s", "cpu_ratio",
+               "minilora_rss_gib", "torch_rss_gib", "rss_ratio",
                "minilora_run_rss_gib", "torch_run_rss_gib"]
     print(table(list(rows.values()), columns))
     if "generate" in rows:
         g = rows["generate"]
-        print(f"generation: minilora {g['minilora_tok_s']:.1f} tok/s, transformers {g['torch_tok_s']:.1f} tok/s "
-              f"({g['speed_ratio']:.2f}x), same tokens: {g['same_tokens']}")
+        print(f"generation: minilora {g['minilora_tok_s']:.2f} tok/s, transformers {g['torch_tok_s']:.2f} tok/s "
+              f"({g['speed_ratio']:.2f}x); the first {g['agreeing_prefix']} of {args.new_tokens} tokens agree")
     checked = goals(rows)
     for g in checked:
         print(f"goal {g['goal']}: {g['value']:.3f} -> {'met' if g['met'] else 'NOT met'}")
