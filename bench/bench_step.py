@@ -109,23 +109,9 @@ def measure_gemm(np, row: dict, repeats: int) -> tuple[float, float]:
 # ------------------------------------------------------------------ the step
 
 def tune_malloc() -> bool:
-    """Let glibc serve arrays up to 32 MiB from its heap and never give that memory back.
-
-    By default every activation above the dynamic mmap threshold gets fresh pages from the kernel and
-    page-faults on first touch; in small VMs that costs more than the arithmetic of an element-wise op
-    (a (512, 1536) SwiGLU measured 31 ms by default, 3.3 ms tuned). Returns False off glibc.
-    """
-    import ctypes
-    import ctypes.util
-    name = ctypes.util.find_library("c")
-    if not name or platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
+    """glibc keeps freed activations in its heap (see minilora/runtime.py for why it matters)."""
+    from minilora.runtime import tune_allocator
+    return tune_allocator()
 
 
 def build(args):

@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .runtime import tune_allocator
+    tune_allocator()  # reuse freed activation memory (MINILORA_MALLOC_TUNING=0 turns it off)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
