@@ -29,7 +29,9 @@ def child(method: str, steps: int) -> dict:
     from minilora.io import load_pretrained
     from minilora.models.generate import stream_generate
     from minilora.models.transformer import lm_loss
+    from minilora.runtime import tune_allocator
 
+    tune_allocator()  # as the minilora command does
     cfg = FinetuneConfig(method=method)
     model, tok = load_pretrained(cfg.model)
     model = adapt(model, cfg)
