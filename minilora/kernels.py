@@ -177,14 +177,27 @@ def silu(x):
 
 @primitive(fused=True)
 def swiglu(gate, up):
-    """y = silu(gate) * up (Llama's MLP). VJP: gup = g * silu(gate), ggate = g * up * silu'(gate)."""
+    """y = silu(gate) * up (Llama's MLP). VJP: gup = g * silu(gate), ggate = g * up * silu'(gate).
+
+    With s = sigmoid(gate): silu'(gate) = s (1 + gate (1 - s)). In-place updates of fresh arrays keep
+    the number of (N, F) temporaries low: this kernel runs on the widest activations of the model.
+    """
     xp = _xp(gate, up)
-    s = 0.5 * (1 + xp.tanh(0.5 * gate))
+    s = xp.tanh(0.5 * gate)  # (..., F); becomes sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in place
+    s += 1.0
+    s *= 0.5
     act = gate * s
 
     def vjp(g, needs):
-        return (g * up * s * (1 + gate * (1 - s)) if needs[0] else None,
-                g * act if needs[1] else None)
+        ggate = None
+        if needs[0]:
+            ggate = 1.0 - s
+            ggate *= gate
+            ggate += 1.0
+            ggate *= s
+            ggate *= up
+            ggate *= g
+        return ggate, (g * act if needs[1] else None)
     return act * up, vjp
 
 
@@ -261,21 +274,26 @@ def attention(q, k, v, causal=True, scale=None):
     groups = nh // nkv
     scale = 1.0 / math.sqrt(hs) if scale is None else scale
     qg = xp.reshape(q, (b, nkv, groups * t, hs))  # (B, nkv, g*T, hs)
-    scores = xp.matmul(qg, k.mT) * scale  # (B, nkv, g*T, S)
+    scores = xp.matmul(qg, k.mT)  # (B, nkv, g*T, S); scaled, masked and normalised in place below
+    scores *= scale
     if causal:
-        mask = causal_mask(xp, t, s_len)  # (T, S)
-        mask = xp.reshape(xp.broadcast_to(mask[None, :, :], (groups, t, s_len)), (groups * t, s_len))
-        scores = xp.where(mask, scores, xp.full_like(scores, -math.inf))
-    scores = scores - xp.max(scores, axis=-1, keepdims=True)
+        allowed = causal_mask(xp, t, s_len)  # (T, S)
+        bias = xp.where(allowed, xp.zeros(allowed.shape, dtype=scores.dtype),
+                        xp.full(allowed.shape, -math.inf, dtype=scores.dtype))
+        scores += xp.reshape(xp.broadcast_to(bias[None, :, :], (groups, t, s_len)), (groups * t, s_len))
+    scores -= xp.max(scores, axis=-1, keepdims=True)
     probs = xp.exp(scores)
-    probs = probs / xp.sum(probs, axis=-1, keepdims=True)
+    del scores
+    probs /= xp.sum(probs, axis=-1, keepdims=True)
     y = xp.matmul(probs, v)  # (B, nkv, g*T, hs)
 
     def vjp(g, needs):
         gg = xp.reshape(g, (b, nkv, groups * t, hs))
         gv = xp.matmul(probs.mT, gg) if needs[2] else None
-        gp = xp.matmul(gg, v.mT)
-        gs = probs * (gp - xp.sum(gp * probs, axis=-1, keepdims=True)) * scale
+        gs = xp.matmul(gg, v.mT)  # gP, turned into gS in place: P * (gP - sum(gP * P)) * scale
+        gs -= xp.sum(gs * probs, axis=-1, keepdims=True)
+        gs *= probs
+        gs *= scale
         gq = xp.reshape(xp.matmul(gs, k), (b, nh, t, hs)) if needs[0] else None
         gk = xp.matmul(gs.mT, qg) if needs[1] else None
         return gq, gk, gv
