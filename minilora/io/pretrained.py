@@ -69,8 +69,12 @@ def model_from_state_dict(config: ModelConfig, state: dict, dtype="float32"):
     """A Transformer with ``config`` whose weights are ``state`` (host arrays, copied to the current backend)."""
     from ..models.transformer import Transformer
 
-    model = Transformer(config, dtype=dtype)
-    model.load_state_dict(state, strict=True)
+    import numpy as np
+    # The freshly read arrays become the parameters (no second copy of the model); read-only views
+    # into a memory-mapped file are copied so the parameters stay writable.
+    state = {k: np.require(v, requirements=["C", "W"]) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    model = Transformer(config, dtype=dtype, init=False)
+    model.load_state_dict(state, strict=True, copy=False)
     model.eval()
     return model
 

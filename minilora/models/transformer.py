@@ -108,16 +108,18 @@ class Transformer(Module):
     """The decoder with its language-model head: forward(input_ids, cache=None) -> logits (B, T, V).
 
     dtype: an xp dtype or its name ("float32", "float64"); default float32. seed: the init seed.
-    Weights are created in the current backend (``minilora.use_backend``).
+    init: False leaves every weight at zero (no random draws, and zero pages are not resident until
+    written) for a load_state_dict that follows. Weights are created in the current backend
+    (``minilora.use_backend``).
     """
 
-    def __init__(self, config: ModelConfig, dtype=None, seed: int = 0):
+    def __init__(self, config: ModelConfig, dtype=None, seed: int = 0, init: bool = True):
         if not isinstance(config, ModelConfig):
             raise ValueError(f"Transformer: config must be a ModelConfig, got {type(config).__name__}")
         config.validate()
         xp = backend.current_namespace()
         dtype = xp.float32 if dtype is None else (getattr(xp, dtype) if isinstance(dtype, str) else dtype)
-        rng = backend.Random(seed, xp)
+        rng = backend.Random(seed, xp) if init else _Zeros(xp)
         self.config = config
         self.model = DecoderModel(config, dtype, rng, backend.Random(seed + 1, xp))
         if config.tie_word_embeddings:  # a (1, C) placeholder weight, replaced by the shared Parameter
@@ -186,6 +188,19 @@ def as_token_ids(ids, xp):
     if not xp.isdtype(ids.dtype, "integral"):
         raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
     return ids
+
+
+class _Zeros:
+    """Stands in for a backend.Random when the weights are about to be loaded: every draw is zeros."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def normal(self, shape, std=1.0, dtype=None, mean=0.0):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
+        return self.xp.zeros(shape, dtype=dtype)
 
 
 def _norm(config: ModelConfig, dtype, xp) -> Module:

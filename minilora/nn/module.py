@@ -130,13 +130,15 @@ class Module:
         """name -> array for every parameter (tied ones under their first name)."""
         return {name: p.data for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True, copy: bool = True) -> None:
         """Copy arrays into parameters by name, checking every key and shape before changing any.
 
         strict: missing and unexpected keys are errors. The error lists each offending key with the
         expected and found shapes. A tied parameter may be given under any of its names (Hugging Face
         checkpoints list both ``embed_tokens.weight`` and ``lm_head.weight``). Values may be arrays of
-        any backend or Tensors; they are copied into the parameter's backend and dtype.
+        any backend or Tensors; they are copied into the parameter's backend and dtype. copy=False
+        lets a parameter share an array that already has its backend and dtype (a loader handing over
+        freshly read weights saves a second copy of the model that way).
         """
         aliases: dict[int, list[str]] = {}
         params: dict[int, Parameter] = {}
@@ -165,7 +167,7 @@ class Module:
             xp = p.xp
             if backend.backend_name_of(value) != backend.name_of_namespace(xp):
                 value = backend.from_numpy(backend.to_numpy(value), xp)
-            p.data = xp.astype(value, p.dtype, copy=True)
+            p.data = xp.astype(value, p.dtype, copy=copy)
 
     def astype(self, dtype) -> "Module":
         """Cast every floating parameter to ``dtype`` in place."""
