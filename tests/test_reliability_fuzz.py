@@ -49,7 +49,7 @@ def _mutate_bytes(data, raw: bytes, limit=None) -> bytes:
     if kind == "mutate":
         out = bytearray(raw)
         for pos, value in data.draw(_mutations):
-            out[pos % (limit or len(out))] = value
+            out[pos % min(limit or len(out), len(out))] = value  # a limit past the end wraps to the bytes there
         return bytes(out)
     if kind == "truncate":
         return raw[:data.draw(st.integers(0, len(raw) - 1))]

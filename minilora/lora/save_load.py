@@ -110,18 +110,26 @@ def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
             from .adalora.save_load import save_adalora_adapter  # sliced to the kept ranks, with rank_pattern
             written.append(save_adalora_adapter(lora_model, directory, name))
             continue
-        folder = os.path.join(os.fspath(directory), "" if name == "default" else name)
-        os.makedirs(folder, exist_ok=True)
-        tensors = adapter_state_dict(lora_model, name)
-        from safetensors.numpy import save as safetensors_bytes
-        _atomic_write(os.path.join(folder, WEIGHTS_NAME), safetensors_bytes(tensors, metadata={"format": "pt"}))
-        config = lora_model.peft_config[name].to_dict()
-        config["inference_mode"] = True
-        if config.get("base_model_name_or_path") is None:
-            config["base_model_name_or_path"] = getattr(lora_model.model, "name_or_path", None)
-        _atomic_write(os.path.join(folder, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True).encode())
-        written.append(folder)
+        written.append(write_adapter_folder(lora_model, directory, name, adapter_state_dict(lora_model, name)))
     return written
+
+
+def write_adapter_folder(lora_model, directory, name: str, tensors: dict) -> str:
+    """Write ``tensors`` and adapter ``name``'s config as PEFT does, each file atomically; returns the folder.
+
+    The folder is ``directory`` for "default" and ``directory/<name>`` otherwise; the JSON is sorted,
+    indented by 2, with inference_mode true.
+    """
+    folder = os.path.join(os.fspath(directory), "" if name == "default" else name)
+    os.makedirs(folder, exist_ok=True)
+    from safetensors.numpy import save as safetensors_bytes
+    _atomic_write(os.path.join(folder, WEIGHTS_NAME), safetensors_bytes(tensors, metadata={"format": "pt"}))
+    config = lora_model.peft_config[name].to_dict()
+    config["inference_mode"] = True
+    if config.get("base_model_name_or_path") is None:
+        config["base_model_name_or_path"] = getattr(lora_model.model, "name_or_path", None)
+    _atomic_write(os.path.join(folder, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True).encode())
+    return folder
 
 
 def read_adapter(directory) -> tuple:

@@ -16,7 +16,6 @@ Biases (bias="all"/"lora_only") and modules_to_save copies are saved as LoRA sav
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -24,8 +23,8 @@ import numpy as np
 from ... import backend
 from ...nn import Module
 from ..layers import check_adapter_name
-from ..save_load import (CONFIG_NAME, AdapterLoadError, PREFIX, WEIGHTS_NAME, _atomic_write, _check, adapter_parameters,
-                         expected_shapes, read_adapter)
+from ..save_load import (AdapterLoadError, PREFIX, _check, adapter_parameters, expected_shapes, read_adapter,
+                         write_adapter_folder)
 from ..inject import find_targets
 from ..model import get_lora_model
 from .config import AdaLoraConfig
@@ -57,17 +56,7 @@ def save_adalora_adapter(model: AdaLoraModel, directory, adapter_name: str = "de
     check_adapter_name(adapter_name)
     if not isinstance(model, AdaLoraModel) or adapter_name not in model.peft_config:
         raise ValueError(f"save_adalora_adapter: expected an AdaLoraModel holding adapter {adapter_name!r}")
-    folder = os.path.join(os.fspath(directory), "" if adapter_name == "default" else adapter_name)
-    os.makedirs(folder, exist_ok=True)
-    tensors = adalora_state_dict(model, adapter_name)
-    from safetensors.numpy import save as safetensors_bytes
-    _atomic_write(os.path.join(folder, WEIGHTS_NAME), safetensors_bytes(tensors, metadata={"format": "pt"}))
-    config = model.peft_config[adapter_name].to_dict()
-    config["inference_mode"] = True
-    if config.get("base_model_name_or_path") is None:
-        config["base_model_name_or_path"] = getattr(model.model, "name_or_path", None)
-    _atomic_write(os.path.join(folder, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True).encode())
-    return folder
+    return write_adapter_folder(model, directory, adapter_name, adalora_state_dict(model, adapter_name))
 
 
 def kept_rank(config: AdaLoraConfig, path: str) -> int:
