@@ -6,7 +6,8 @@
 #   PYTHON=python3 scripts/gpu_check.sh  # another interpreter (default: .venv/bin/python if present)
 #
 # Stages (each prints its numbers; a failing stage does not stop the later ones):
-#   1. the test suite with MINILORA_BACKEND=cupy (tests/reference excluded: it needs torch)
+#   1. the test suite's cupy cases: the xp fixture adds cupy to every compute test when a GPU answers,
+#      and -k cupy selects those (tests/reference excluded: it needs torch)
 #   2. minilora verify --backend cupy, float32 and float64, with a JSON report each
 #   3. bench/bench_step.py with MINILORA_BACKEND=cupy (the bench has no --backend flag: the model follows
 #      the environment variable; its "fraction of peak" compares with NumPy's CPU GEMM rate, so read only
@@ -37,9 +38,9 @@ print(f"device 0: {props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.1f
 PY
 
 echo
-echo "== 1. test suite on cupy (MINILORA_BACKEND=cupy)"
-if MINILORA_BACKEND=cupy HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" \
-        "$PYTHON" -m pytest -q tests --ignore=tests/reference -p no:cacheprovider --durations=10 \
+echo "== 1. test suite on cupy (the xp fixture's cupy cases)"
+if HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" \
+        "$PYTHON" -m pytest -q tests --ignore=tests/reference -k cupy -p no:cacheprovider --durations=10 \
         --junitxml="$RESULTS/pytest_cupy.xml" 2>&1 | tee "$RESULTS/pytest_cupy.txt"; then
     echo "stage 1: PASS"
 else
