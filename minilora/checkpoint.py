@@ -62,6 +62,23 @@ def save_checkpoint(path, model, optimizer, step: int, history=None, extra: dict
         "rank_pattern": json.dumps(_rank_pattern(model)),
     }
     save_safetensors(path, tensors, metadata=metadata)
+    remove_stale_temporaries(path)
+
+
+def remove_stale_temporaries(path) -> list:
+    """Delete temporary files a killed writer left beside ``path`` (``.<name>.*.tmp``); returns them.
+
+    Called right after a complete write, so every such file belongs to an earlier, interrupted one.
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    stale = [os.path.join(folder, f) for f in os.listdir(folder)
+             if f.startswith(f".{name}.") and f.endswith(".tmp")]
+    for leftover in stale:
+        try:
+            os.remove(leftover)
+        except OSError:  # another process removed it first
+            pass
+    return stale
 
 
 def load_checkpoint(path, model, optimizer) -> dict:

@@ -104,3 +104,15 @@ def test_adalora_resume_masks_exactly_like_an_uninterrupted_run(tmp_path):
     assert model.peft_config["default"].rank_pattern == pattern
     for name, value in expected.items():
         np.testing.assert_array_equal(_params(model)[name], value, err_msg=name)
+
+
+def test_a_complete_save_removes_temporaries_that_a_killed_writer_left(tmp_path):
+    model, opt, _ = _setup()
+    path = tmp_path / "checkpoint.safetensors"
+    leftover = tmp_path / ".checkpoint.safetensors.abc123.tmp"  # the name pattern io/atomic.py uses
+    leftover.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".other.safetensors.abc123.tmp"
+    unrelated.write_bytes(b"not ours")
+    save_checkpoint(path, model, opt, 0)
+    assert path.is_file() and not leftover.exists() and unrelated.exists()
+    assert load_checkpoint(path, model, opt)["step"] == 0
