@@ -19,7 +19,8 @@ import mmap
 import os
 import struct
 
-from ..errors import FileFormatError, MissingFileError
+from ..errors import FileFormatError
+from .files import regular_file_size
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -87,11 +88,7 @@ def check_gguf(path) -> dict:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingFileError(path, "GGUF file")
-    if not os.path.isfile(path):
-        raise FileFormatError(path, "not a regular file")
-    size = os.path.getsize(path)
+    size = regular_file_size(path, "GGUF file")
     if size < 24:
         raise FileFormatError(path, f"not a GGUF file: only {size} bytes (the fixed header alone is 24)")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

@@ -17,6 +17,7 @@ from .. import backend
 from ..errors import FileFormatError, MissingFileError
 from ..models.config import ModelConfig
 from .atomic import write_text_atomic
+from .files import read_json_object
 from .gguf import check_llama_state_dict
 from .safetensors_io import load_safetensors, save_safetensors
 
@@ -27,19 +28,6 @@ _COPIED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"
            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
            "tie_word_embeddings", "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id")
 _IGNORED_WEIGHTS = ("rotary_emb.inv_freq",)  # buffers older checkpoints saved; recomputed by minilora
-
-
-def _read_json(path) -> dict:
-    if not os.path.isfile(path):
-        raise MissingFileError(path, os.path.basename(path))
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise FileFormatError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise FileFormatError(path, f"expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def config_from_hf(data: dict, path=None) -> ModelConfig:
@@ -94,7 +82,7 @@ def _weight_files(folder) -> list[str]:
     index_path = os.path.join(folder, INDEX_FILE)
     if not os.path.isfile(index_path):
         raise MissingFileError(single, f"{WEIGHTS_FILE} (or {INDEX_FILE})")
-    weight_map = _read_json(index_path).get("weight_map")
+    weight_map = read_json_object(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise FileFormatError(index_path, "'weight_map' must map tensor names to shard file names")
     files = []
@@ -111,7 +99,7 @@ def load_hf_checkpoint(folder, dtype=np.float32) -> tuple[ModelConfig, dict]:
     if not os.path.isdir(folder):
         raise MissingFileError(folder, "checkpoint folder")
     config_path = os.path.join(folder, CONFIG_FILE)
-    config = config_from_hf(_read_json(config_path), config_path)
+    config = config_from_hf(read_json_object(config_path), config_path)
     state = {}
     for path in _weight_files(folder):
         tensors, _ = load_safetensors(path)

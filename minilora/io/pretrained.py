@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from .. import backend
 from ..errors import DependencyError, FileFormatError, MissingFileError
 from ..models.config import ModelConfig
 

@@ -20,8 +20,9 @@ import struct
 import numpy as np
 
 from .. import backend
-from ..errors import FileFormatError, MissingFileError
+from ..errors import FileFormatError
 from .atomic import atomic_path
+from .files import regular_file_size
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors package refuses larger headers too
 
@@ -56,11 +57,7 @@ def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
 def check_safetensors_header(path) -> int:
     """Validate the first 8 bytes of ``path`` against its size; return the header length N."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingFileError(path, "safetensors file")
-    if not os.path.isfile(path):
-        raise FileFormatError(path, "not a regular file")
-    size = os.path.getsize(path)
+    size = regular_file_size(path, "safetensors file")
     if size < 8:
         raise FileFormatError(path, f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
     with open(path, "rb") as f:

@@ -21,6 +21,7 @@ import re
 
 from ..errors import DependencyError, FileFormatError, MissingFileError
 from .atomic import write_text_atomic
+from .files import read_json_object
 
 CONTROL, USER_DEFINED = 3, 4
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
@@ -219,13 +220,7 @@ class Tokenizer:
         config = {}
         config_path = os.path.join(folder, TOKENIZER_CONFIG_FILE)
         if os.path.isfile(config_path):
-            try:
-                with open(config_path, encoding="utf-8") as f:
-                    config = json.load(f)
-            except (OSError, ValueError) as exc:
-                raise FileFormatError(config_path, f"not valid JSON: {exc}") from None
-            if not isinstance(config, dict):
-                raise FileFormatError(config_path, "expected a JSON object")
+            config = read_json_object(config_path)
         token_id = lambda t: backend_tokenizer.token_to_id(t) if isinstance(t, str) else None  # noqa: E731
         special_ids = [token_id(t) for t in config.get("additional_special_tokens") or []]
         template = config.get("chat_template")
