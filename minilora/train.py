@@ -92,7 +92,7 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
             continue
         consecutive_bad = 0
         if config.max_grad_norm is not None:
-            clip_grad_norm(trainable, config.max_grad_norm)
+            clip_grad_norm(trainable, config.max_grad_norm, norm=norm)
         optimizer.step()
         allocate = getattr(model, "update_and_allocate", None)
         if allocate is not None:

@@ -127,3 +127,10 @@ def test_optimizer_state_round_trip_continues_identically():
         p3.grad = g
         o3.step()
     np.testing.assert_array_equal(p3.data, p1.data)
+
+
+def test_clip_grad_norm_uses_a_norm_the_caller_already_has():
+    a = _param([0.0, 0.0])
+    a.grad = np.array([3.0, 4.0])
+    assert clip_grad_norm([a], max_norm=1.0, norm=5.0) == 5.0
+    np.testing.assert_allclose(a.grad, [0.6, 0.8], rtol=1e-5)
