@@ -69,10 +69,24 @@ def _heads_first(x: Tensor) -> Tensor:
 
 
 def _linear(d_in: int, d_out: int, bias: bool, dtype, rng, std: float) -> Linear:
-    """nn.Linear with Hugging Face's init: W ~ N(0, std^2), b = 0."""
-    layer = Linear(d_in, d_out, bias=bias, dtype=dtype, rng=rng)
+    """nn.Linear with Hugging Face's init: W ~ N(0, std^2), b = 0 (Linear's own draw is skipped)."""
     xp = rng.xp
+    layer = Linear(d_in, d_out, bias=bias, dtype=dtype, rng=Zeros(xp))
     layer.weight.data = rng.normal((d_out, d_in), std=std, dtype=dtype)
     if bias:
         layer.bias.data = xp.zeros((d_out,), dtype=dtype)
     return layer
+
+
+class Zeros:
+    """Stands in for a backend.Random where a draw would be overwritten at once (weights about to be
+    loaded, or drawn again with another distribution): every draw is zeros, and costs nothing."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def normal(self, shape, std=1.0, dtype=None, mean=0.0):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
+        return self.xp.zeros(shape, dtype=dtype)

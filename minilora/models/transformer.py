@@ -20,7 +20,7 @@ from .. import backend, functional as F
 from .. import ops
 from ..nn import Dropout, Embedding, LayerNorm, Module, ModuleList, RMSNorm
 from ..tensor import Tensor
-from .attention import Attention, _linear
+from .attention import Attention, Zeros, _linear
 from .checkpoint import checkpoint
 from .config import ModelConfig
 
@@ -119,7 +119,7 @@ class Transformer(Module):
         config.validate()
         xp = backend.current_namespace()
         dtype = xp.float32 if dtype is None else (getattr(xp, dtype) if isinstance(dtype, str) else dtype)
-        rng = backend.Random(seed, xp) if init else _Zeros(xp)
+        rng = backend.Random(seed, xp) if init else Zeros(xp)
         self.config = config
         self.model = DecoderModel(config, dtype, rng, backend.Random(seed + 1, xp))
         if config.tie_word_embeddings:  # a (1, C) placeholder weight, replaced by the shared Parameter
@@ -188,19 +188,6 @@ def as_token_ids(ids, xp):
     if not xp.isdtype(ids.dtype, "integral"):
         raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
     return ids
-
-
-class _Zeros:
-    """Stands in for a backend.Random when the weights are about to be loaded: every draw is zeros."""
-
-    def __init__(self, xp):
-        self.xp = xp
-
-    def normal(self, shape, std=1.0, dtype=None, mean=0.0):
-        return self.xp.zeros(shape, dtype=dtype)
-
-    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
-        return self.xp.zeros(shape, dtype=dtype)
 
 
 def _norm(config: ModelConfig, dtype, xp) -> Module:
