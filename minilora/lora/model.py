@@ -49,14 +49,18 @@ class LoraModel(Module):
         return self.active_adapters[0]
 
     # ------------------------------------------------------------ adapters
-    def add_adapter(self, adapter_name: str, config: LoraConfig) -> None:
-        """Inject a new adapter (inactive and frozen until set_adapter names it)."""
+    def _check_new_adapter(self, adapter_name: str, config, config_class) -> None:
+        """A safe, unused name and a valid config of ``config_class``, before anything is injected."""
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise ValueError(f"add_adapter: adapter {adapter_name!r} already exists")
-        if not isinstance(config, LoraConfig):
-            raise ValueError(f"add_adapter: config must be a LoraConfig, got {type(config).__name__}")
+        if not isinstance(config, config_class):
+            raise ValueError(f"add_adapter: config must be a {config_class.__name__}, got {type(config).__name__}")
         config.validate()
+
+    def add_adapter(self, adapter_name: str, config: LoraConfig) -> None:
+        """Inject a new adapter (inactive and frozen until set_adapter names it)."""
+        self._check_new_adapter(adapter_name, config, LoraConfig)
         inject_adapter(self.model, config, adapter_name, seed=self.seed)
         self.peft_config[adapter_name] = config
         self._mark_trainable()

@@ -12,7 +12,7 @@ from ... import ops
 from ...nn import Module
 from ...tensor import Tensor, no_grad
 from ..inject import add_modules_to_save, find_targets, is_linear_like, layer_seed, lora_layers
-from ..layers import LoRALayer, check_adapter_name
+from ..layers import LoRALayer
 from ..model import LoraModel, register_model_class
 from .allocator import RankAllocator
 from .config import AdaLoraConfig
@@ -34,12 +34,7 @@ class AdaLoraModel(LoraModel):
     # ------------------------------------------------------------ adapters
     def add_adapter(self, adapter_name: str, config: AdaLoraConfig) -> None:
         """Wrap every targeted Linear-like layer in an SVDLinear (rank init_r) holding ``adapter_name``."""
-        check_adapter_name(adapter_name)
-        if adapter_name in self.peft_config:
-            raise ValueError(f"add_adapter: adapter {adapter_name!r} already exists")
-        if not isinstance(config, AdaLoraConfig):
-            raise ValueError(f"add_adapter: config must be an AdaLoraConfig, got {type(config).__name__}")
-        config.validate()
+        self._check_new_adapter(adapter_name, config, AdaLoraConfig)
         trainable = [n for n, c in self.peft_config.items() if not c.inference_mode]
         if trainable and not config.inference_mode:
             raise ValueError(f"AdaLoraModel trains one adapter at a time ({trainable[0]!r} is trainable): "
