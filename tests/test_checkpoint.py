@@ -12,14 +12,14 @@ from minilora.optim import AdamW
 from minilora.train import History, TrainConfig, train
 
 
-def _setup():
+def _setup(adapter=None):
+    """A tiny adapted model, its optimizer and batches; adapter: the adapter config (default LoRA r=4)."""
     tok = CharTokenizer()
     train_set, _ = task_splits("sort", n_train=100, n_eval=5)
     config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=32)
-    model = get_lora_model(Transformer(config, seed=1),
-                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules=["q_proj", "v_proj"]),
-                           seed=2)
+    adapter = adapter or LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules=["q_proj", "v_proj"])
+    model = get_lora_model(Transformer(config, seed=1), adapter, seed=2)
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     batches = Batches([encode_example(tok, p, c, 31) for p, c in train_set], 4, tok.pad_token_id, seed=3)
     return model, optimizer, batches
@@ -80,16 +80,8 @@ def test_adalora_resume_masks_exactly_like_an_uninterrupted_run(tmp_path):
     from minilora.lora import AdaLoraConfig
 
     def setup():
-        tok = CharTokenizer()
-        train_set, _ = task_splits("sort", n_train=100, n_eval=5)
-        config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, max_position_embeddings=32)
-        model = get_lora_model(Transformer(config, seed=1),
-                               AdaLoraConfig(init_r=4, target_r=2, total_step=10, tinit=2, tfinal=2,
-                                             target_modules=["q_proj", "v_proj"]), seed=2)
-        optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-        batches = Batches([encode_example(tok, p, c, 31) for p, c in train_set], 4, tok.pad_token_id, seed=3)
-        return model, optimizer, batches
+        return _setup(AdaLoraConfig(init_r=4, target_r=2, total_step=10, tinit=2, tfinal=2,
+                                    target_modules=["q_proj", "v_proj"]))
     cfg = TrainConfig(steps=10, progress=False)
     model, opt, batches = setup()
     train(model, opt, batches, cfg)
