@@ -21,39 +21,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def cases(np, ne, rng):
-    """name -> (numpy function, numexpr function), each returning one float32 array."""
+    """name -> (minilora's kernel on NumPy, the same math as numexpr expressions), each returning an array."""
+    from minilora import kernels
     f32 = np.float32
     n, c, f = 512, 576, 1536
     gate, up, g = (rng.standard_normal((n, f), dtype=f32) for _ in range(3))
     s = (1 + np.tanh(0.5 * gate)) / 2
     scores = rng.standard_normal((12, 384, 128), dtype=f32)
     x, w, gx = rng.standard_normal((n, c), dtype=f32), rng.standard_normal(c, dtype=f32), rng.standard_normal((n, c), dtype=f32)
-    r = (1 / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5)).astype(f32)
-    half, one, c1 = f32(0.5), f32(1.0), f32(0.1)
-    env = dict(gate=gate, up=up, g=g, s=s, x=x, w=w, gx=gx, r=r, half=half, one=one, c1=c1)
+    eps = 1e-5
+    r = (1 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)).astype(f32)
+    env = dict(gate=gate, up=up, g=g, s=s, x=x, w=w, gx=gx, r=r, half=f32(0.5), one=f32(1.0), inv_c=f32(1.0 / c))
 
     def expr(text):  # numexpr reads its variables from env (a lambda's frame does not hold them)
         return lambda: ne.evaluate(text, local_dict=env)
 
-    def swiglu_np():
-        t = np.tanh(0.5 * gate)
-        t += 1.0
-        t *= 0.5
-        return gate * t * up
-
-    def swiglu_bwd_np():
-        t = 1.0 - s
-        t *= gate
-        t += 1.0
-        t *= s
-        t *= up
-        t *= g
-        return t
-
-    def softmax_np():
-        z = np.exp(scores - scores.max(-1, keepdims=True))
-        z /= z.sum(-1, keepdims=True)
-        return z
+    def forward(kernel, *arrays, **options):
+        return kernel.primitive.forward(*arrays, **options)
 
     def softmax_ne():
         m = scores.max(-1, keepdims=True)
@@ -61,24 +45,35 @@ def cases(np, ne, rng):
         tot = z.sum(-1, keepdims=True)
         return ne.evaluate("z / tot", local_dict=dict(z=z, tot=tot), out=z)
 
+    def rms_backward_ne():
+        m = np.einsum("ij,j,ij->i", gx, w, x)[:, None] * r  # sum(gh * xhat) per row
+        return ne.evaluate("r * (gx * w - x * r * m * inv_c)", local_dict=dict(env, m=m))
+
+    swiglu_vjp = forward(kernels.swiglu, gate, up)[1]
+    rms_vjp = forward(kernels.rms_norm, x, w, eps=eps)[1]
     return {
-        "swiglu forward": (swiglu_np, expr("gate * (half + half * tanh(half * gate)) * up")),
-        "swiglu backward": (swiglu_bwd_np, expr("g * up * s * (one + gate * (one - s))")),
-        "softmax (attention)": (softmax_np, softmax_ne),
-        "rms_norm apply": (lambda: x * r * w, expr("x * r * w")),
-        "rms_norm backward": (lambda: r * (gx * w - x * r * r * c1), expr("r * (gx * w - x * r * r * c1)")),
+        "swiglu forward": (lambda: forward(kernels.swiglu, gate, up)[0],
+                           expr("gate * (half + half * tanh(half * gate)) * up")),
+        "swiglu backward (d gate)": (lambda: swiglu_vjp(g, (True, False))[0],
+                                     expr("g * up * s * (one + gate * (one - s))")),
+        "softmax (attention)": (lambda: forward(kernels.softmax, scores)[0], softmax_ne),
+        "rms_norm forward": (lambda: forward(kernels.rms_norm, x, w, eps=eps)[0], expr("x * r * w")),
+        "rms_norm backward (d x)": (lambda: rms_vjp(gx, (True, False))[0], rms_backward_ne),
         "residual add": (lambda: x + gx, expr("x + gx")),
     }
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
+def median_times(fns, repeats: int) -> list[float]:
+    """Median seconds of each function, timed in turn within every repeat (they share the load)."""
+    for fn in fns:
+        fn(), fn()  # warm-up: first-touch pages, numexpr's compile cache
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv=None) -> dict:
@@ -87,21 +82,24 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=os.path.join(HERE, "results", "bench_elementwise.json"))
     args = p.parse_args(argv)
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
+    from minilora.runtime import tune_allocator
+    tuned = tune_allocator()  # as bench_step: freed temporaries are reused, not page-faulted in again
     import numexpr as ne
     import numpy as np
 
     from common import machine, table, write_json
     info = dict(machine(), load_average_start=os.getloadavg(), numexpr=ne.__version__, numpy=np.__version__,
-                numexpr_vml=bool(ne.use_vml))
+                numexpr_vml=bool(ne.use_vml), malloc_tuned=tuned)
     print(f"element-wise kernels, float32, step shapes; load average {info['load_average_start']}")
     rows = []
     for name, (plain, fast) in cases(np, ne, np.random.default_rng(0)).items():
-        np.testing.assert_allclose(fast(), plain(), rtol=2e-5, atol=2e-5)  # the same numbers, or no comparison
-        row = {"kernel": name, "numpy_ms": 1e3 * median_time(plain, args.repeats)}
-        for threads in (1, 2):
-            ne.set_num_threads(threads)
-            row[f"numexpr_{threads}t_ms"] = 1e3 * median_time(fast, args.repeats)
-            row[f"ratio_{threads}t"] = row[f"numexpr_{threads}t_ms"] / row["numpy_ms"]
+        np.testing.assert_allclose(fast(), plain(), rtol=1e-4, atol=1e-4)  # the same numbers, or no comparison
+        def threaded(n, fast=fast):
+            return lambda: (ne.set_num_threads(n), fast())
+
+        numpy_s, one_s, two_s = median_times([plain, threaded(1), threaded(2)], args.repeats)
+        row = {"kernel": name, "numpy_ms": 1e3 * numpy_s, "numexpr_1t_ms": 1e3 * one_s, "numexpr_2t_ms": 1e3 * two_s,
+               "ratio_1t": one_s / numpy_s, "ratio_2t": two_s / numpy_s}
         rows.append(row)
     print(table(rows, ["kernel", "numpy_ms", "numexpr_1t_ms", "ratio_1t", "numexpr_2t_ms", "ratio_2t"]))
     result = dict(benchmark="bench_elementwise", machine=info, load_average_end=os.getloadavg(), rows=rows)
