@@ -112,3 +112,14 @@ def test_generation_leaves_the_blas_thread_count_as_it_was():
     before = blas_threads.blas_threads()
     generate(Transformer(tiny(), seed=1), ids_of(3, 1, 4), 5)
     assert blas_threads.blas_threads() == before
+
+
+def test_kernel_namespace_cache_still_refuses_mixed_backends():
+    import array_api_strict as strict
+    from minilora import kernels
+    a = np.ones((2, 3), dtype=np.float32)
+    assert kernels._xp(a, a) is np and kernels._xp(a, None, 2.0) is np  # cached after the first call
+    with pytest.raises(backend.BackendError):
+        kernels._xp(a, strict.asarray(a))
+    with pytest.raises(backend.BackendError):
+        kernels.rms_norm(a, strict.ones((3,), dtype=strict.float32))

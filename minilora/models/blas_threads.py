@@ -1,6 +1,6 @@
 """The BLAS thread count for decoding, chosen by timing decoding steps.
 
-A decoding step is ~200 matrix-vector products, each a few to a hundred microseconds and bound by
+A decoding step is 120 to 210 matrix-vector products, each a few to a hundred microseconds and bound by
 memory bandwidth. Several BLAS threads read the weights faster when each has a core; when other
 processes share the cores, every product waits for its slowest thread to be scheduled, and one
 thread can be several times faster than two (measured on a loaded 2-core machine: 33 against 6
