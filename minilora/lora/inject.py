@@ -145,11 +145,6 @@ def lora_layer_class(module) -> type:
     return LoRAEmbedding if is_embedding_like(module) and not is_linear_like(module) else LoRALinear
 
 
-def adapter_shapes(module, r: int) -> dict:
-    """{parameter suffix: shape} of one adapter of rank r on ``module`` (PEFT's saved suffixes)."""
-    return lora_layer_class(module).adapter_shapes(module, r)
-
-
 def check_layer_kinds(targets, config) -> None:
     """A layer holds adapters of one method: refuse, before anything changes, targets that are LoRA
     layers of another method than ``config``'s (an SVDLinear cannot take a plain LoRA adapter)."""
