@@ -8,6 +8,8 @@ named helper per gap, each with a NumPy, a CuPy and a portable implementation:
     scatter_add       out[idx[i]] += values[i]   (the embedding backward)
     to_numpy          device array -> host NumPy array (explicit, never silent)
     from_numpy        host NumPy array -> array of a backend
+    to_namespace      any array -> array of a given namespace and dtype (what loaders copy into parameters)
+    dtype_name        NumPy's name of any backend's dtype ("float32")
 
 Backend precedence: the arrays you pass > ``with use_backend("cupy"):`` > the ``MINILORA_BACKEND``
 environment variable > NumPy. There is no settable global.
@@ -148,6 +150,28 @@ def from_numpy(array, xp=None):
     return xp.asarray(array)
 
 
+def to_namespace(array, xp, dtype=None, copy: bool = True):
+    """``array`` (host NumPy or any backend's) as an array of namespace ``xp`` with ``dtype`` (default:
+    its own): the one way a host array becomes a parameter's data. copy=False shares ``array`` when
+    it has the namespace and dtype already."""
+    import numpy as np
+    if not isinstance(array, np.ndarray) and backend_name_of(array) != name_of_namespace(xp):
+        array = to_numpy(array)
+    if isinstance(array, np.ndarray) and name_of_namespace(xp) != "numpy":
+        array = from_numpy(np.asarray(array, order="C"), xp)
+    return xp.astype(array, array.dtype if dtype is None else dtype, copy=copy)
+
+
+def dtype_name(dtype) -> str:
+    """NumPy's name of a dtype of any backend: np.float32, cupy's and array_api_strict's float32
+    (which prints as "array_api_strict.float32") all give "float32"."""
+    import numpy as np
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return np.dtype(str(dtype).split(".")[-1]).name
+
+
 # ---------------------------------------------------------------- gap: random numbers
 
 class Random:
@@ -206,10 +230,7 @@ class Random:
 
 def _host_dtype(dtype):
     import numpy as np
-    try:
-        return np.dtype(dtype)
-    except TypeError:  # an array_api_strict dtype prints as "array_api_strict.float32"
-        return np.dtype(str(dtype).split(".")[-1])
+    return np.dtype(dtype_name(dtype))
 
 
 # ---------------------------------------------------------------- gap: scatter-add

@@ -162,3 +162,22 @@ def test_random_streams_match_across_host_backends():
     np.testing.assert_array_equal(backend.to_numpy(a.uniform((4,), dtype=np.float64)),
                                   backend.to_numpy(b.uniform((4,), dtype=xps.float64)))
     np.testing.assert_array_equal(backend.to_numpy(a.integers(0, 9, (5,))), backend.to_numpy(b.integers(0, 9, (5,))))
+
+
+def test_dtype_name_is_numpy_s_name_on_every_backend(xp):
+    assert backend.dtype_name(xp.float32) == "float32" and backend.dtype_name(xp.zeros((1,), dtype=xp.int64).dtype) == "int64"
+    assert backend.dtype_name(np.dtype("float64")) == "float64" and backend.dtype_name("uint8") == "uint8"
+
+
+def test_to_namespace_moves_casts_and_copies_unless_told_not_to(xp):
+    host = np.arange(6, dtype=np.float64).reshape(2, 3)
+    got = backend.to_namespace(host, xp, xp.float32)
+    assert backend.backend_name_of(got) == backend.name_of_namespace(xp) and backend.dtype_name(got.dtype) == "float32"
+    np.testing.assert_array_equal(backend.to_numpy(got), host.astype(np.float32))
+    same = backend.to_namespace(got, xp, copy=False)
+    assert same is got and backend.to_namespace(got, xp) is not got
+    if backend.name_of_namespace(xp) == "numpy":
+        assert not np.shares_memory(backend.to_namespace(host, xp), host)
+    if backend.name_of_namespace(xp) != "array_api_strict":  # an array of another backend goes through the host
+        strict = backend.get_namespace("array_api_strict")
+        np.testing.assert_array_equal(backend.to_numpy(backend.to_namespace(strict.asarray(host), xp)), host)

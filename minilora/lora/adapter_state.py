@@ -132,4 +132,4 @@ def check_keys_and_shapes(expected: dict, tensors: dict, directory) -> None:
 def copy_into(params: dict, tensors: dict) -> None:
     """Copy host arrays into the parameters of the same key (each in its own backend and dtype)."""
     for key, p in params.items():
-        p.data = p.xp.astype(backend.from_numpy(np.ascontiguousarray(tensors[key]), p.xp), p.dtype, copy=True)
+        p.data = backend.to_namespace(tensors[key], p.xp, p.dtype)

@@ -164,10 +164,7 @@ class Module:
         if problems:
             raise StateDictError("load_state_dict: " + "; ".join(problems))
         for p, value in updates:
-            xp = p.xp
-            if backend.backend_name_of(value) != backend.name_of_namespace(xp):
-                value = backend.from_numpy(backend.to_numpy(value), xp)
-            p.data = xp.astype(value, p.dtype, copy=copy)
+            p.data = backend.to_namespace(value, p.xp, p.dtype, copy=copy)
 
     def astype(self, dtype) -> "Module":
         """Cast every floating parameter to ``dtype`` in place."""

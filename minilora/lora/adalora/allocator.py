@@ -149,7 +149,7 @@ class RankAllocator:
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(f"RankAllocator.load_state_dict: {key!r} has shape {tuple(value.shape)}, "
                                  f"the parameter has {tuple(p.shape)}")
-            getattr(self, table)[(path, attr)] = p.xp.astype(backend.from_numpy(value, p.xp), p.dtype)
+            getattr(self, table)[(path, attr)] = backend.to_namespace(value, p.xp, p.dtype)
 
     def update_and_allocate(self, step: int, force_mask: bool = False) -> tuple:
         """Update scores (before the final phase), then mask if the schedule says so.
