@@ -135,26 +135,16 @@ class AdaLoraModel(LoraModel):
         return orthogonal_regularizer(layers, name) * config.orth_reg_weight
 
     def update_and_allocate(self, global_step: int) -> None:
-        """Score and mask the triplets at ``global_step`` (call after optimizer.step(), before zero_grad).
-
-        Before total_step - tfinal: scores update and the budget masks on schedule; at
-        total_step - tfinal: the final pattern is chosen (target budget) and scores are reset;
-        after it: the final pattern is re-applied, so pruned triplets stay pruned."""
+        """Score and mask the triplets at ``global_step`` (call after optimizer.step(), before zero_grad):
+        RankAllocator.update_and_allocate does the work of each phase; the pattern it returns is kept
+        in the trainable adapter's config (rank_pattern, saved with the adapter)."""
         if self.rankallocator is None:
             return
         config = self.peft_config[self.trainable_adapter_name]
-        final = config.total_step - config.tfinal
         with no_grad():
-            if global_step < final:
-                _, pattern = self.rankallocator.update_and_allocate(global_step)
-                if pattern:
-                    config.rank_pattern = pattern
-            elif global_step == final:
-                _, pattern = self.rankallocator.update_and_allocate(global_step, force_mask=True)
-                config.rank_pattern = pattern
-                self.rankallocator.reset_ipt()
-            elif config.rank_pattern:
-                self.rankallocator.mask_using_rank_pattern(config.rank_pattern)
+            _, pattern = self.rankallocator.update_and_allocate(global_step, config.rank_pattern)
+        if pattern:
+            config.rank_pattern = pattern
 
     def kept_ranks(self, adapter_name: str | None = None) -> dict:
         """{layer path: number of kept triplets} from the rank pattern (init rank where none yet)."""
