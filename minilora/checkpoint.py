@@ -56,7 +56,7 @@ def save_checkpoint(path, model, optimizer, step: int, history=None, extra: dict
         "format": "minilora-checkpoint", "version": FORMAT_VERSION, "step": str(int(step)),
         "optimizer": json.dumps({"groups": _jsonable(saved["groups"]), "scalars": scalars}),
         "rng": json.dumps({name: gen.state for name, gen in random_generators(model).items()
-                           if backend.name_of_namespace(gen.xp) != "cupy"}),
+                           if backend.backend_name(gen.xp) != "cupy"}),
         "history": json.dumps(history.to_dict() if hasattr(history, "to_dict") else history),
         "extra": json.dumps(extra or {}),
         "rank_pattern": json.dumps(_rank_pattern(model)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from .. import backend
+from ..errors import StateDictError
 from ..tensor import Tensor
 
 
@@ -22,10 +23,6 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
-
-
-class StateDictError(ValueError):
-    """A state dict whose keys or shapes do not fit the module."""
 
 
 def _array_of(value):

@@ -143,7 +143,7 @@ def load_quantized(path: str, name: str = "weight", xp=None):
     tensors, _ = load_safetensors(path)
     if name not in tensors:
         raise FileFormatError(path, f"load_quantized: no tensor {name!r} (have {sorted(tensors)})")
-    xp = backend.current_namespace() if xp is None else xp
+    xp = backend.default_namespace() if xp is None else xp
     prefix = name + "."
     try:
         state = QuantState.from_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
