@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -239,16 +238,7 @@ def _check(expected: dict, tensors: dict, directory) -> None:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, then rename it over ``path``."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``data`` to ``path`` through the one atomic writer (temporary file, fsync, rename, open()'s mode)."""
+    from ..io.atomic import atomic_open
+    with atomic_open(path, "wb") as f:
+        f.write(data)
