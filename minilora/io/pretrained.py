@@ -111,5 +111,21 @@ def load_tokenizer(name_or_path="smollm2-135m"):
     return Tokenizer.from_pretrained(path)
 
 
+def tokenizer_metadata(name_or_path="smollm2-135m") -> dict:
+    """The GGUF ``tokenizer.*`` keys of a model's tokenizer, to write it into a new GGUF file.
+
+    A GGUF model's own keys are passed on unchanged (read from the header, no tensor decoded); a
+    Hugging Face folder's tokenizer.json is converted as llama.cpp's converter does; {} when the
+    folder has no tokenizer.
+    """
+    kind, path = resolve_model(name_or_path)
+    if kind == "gguf":
+        from .gguf import read_gguf
+        return {k: v for k, v in read_gguf(path)[1].items() if k.startswith("tokenizer.")}
+    from .gguf_write import tokenizer_metadata_from_hf
+    from .tokenizer import Tokenizer
+    return tokenizer_metadata_from_hf(path) if Tokenizer.exists_in(path) else {}
+
+
 __all__ = ["smollm2_gguf_path", "smollm2_available", "resolve_model", "model_from_state_dict",
-           "load_pretrained", "load_model", "load_tokenizer"]
+           "load_pretrained", "load_model", "load_tokenizer", "tokenizer_metadata"]
