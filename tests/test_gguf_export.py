@@ -140,6 +140,9 @@ def test_bad_export_requests_fail_before_writing(merged_export, tmp_path, capsys
     short = dict(tiny_tokenizer_meta(), **{"tokenizer.ggml.tokens": ["a", "b"]})
     with pytest.raises(ValueError, match="2 tokens but the model's vocabulary is"):
         save_gguf(tmp_path / "x.gguf", config, state, tokenizer_meta=short)
+    with pytest.raises(ValueError, match="'tokenizer.ggml.merges' is an empty list"):
+        save_gguf(tmp_path / "x.gguf", config, state, tokenizer_meta=dict(tiny_tokenizer_meta(),
+                                                                           **{"tokenizer.ggml.merges": []}))
     huge = dict(state, **{"model.layers.0.mlp.up_proj.weight": state["model.layers.0.mlp.up_proj.weight"] * 1e6})
     with pytest.raises(ValueError, match="beyond float16's range"):
         save_gguf(tmp_path / "x.gguf", config, huge, qtype="F16")

@@ -89,11 +89,12 @@ def _tokenizer_kv(writer, meta: dict) -> None:
 
     for key, value in meta.items():
         if isinstance(value, (list, tuple)):
-            if value:
-                # token types are INT32 in llama.cpp's files even though they are never negative
-                sub = T.INT32 if isinstance(value[0], int) and not isinstance(value[0], bool) \
-                    else _value_type(T, value[0])
-                writer.add_key_value(key, list(value), T.ARRAY, sub_type=sub)
+            if not value:
+                raise ValueError(f"save_gguf: metadata {key!r} is an empty list, which GGUF cannot store")
+            # token types are INT32 in llama.cpp's files even though they are never negative
+            sub = T.INT32 if isinstance(value[0], int) and not isinstance(value[0], bool) \
+                else _value_type(T, value[0])
+            writer.add_key_value(key, list(value), T.ARRAY, sub_type=sub)
         elif isinstance(value, (bool, int, float, str)):
             writer.add_key_value(key, value, _value_type(T, value))
 
