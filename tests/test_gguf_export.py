@@ -9,6 +9,7 @@ import pytest
 
 from gguf_fixtures import tiny_tokenizer_meta, write_tiny_llama_gguf
 from minilora import cli
+from minilora.errors import FileFormatError
 from minilora.io import load_gguf, load_hf_checkpoint, load_pretrained, read_gguf, save_gguf
 from minilora.io.gguf_write import quantize_q8_0, tokenizer_metadata_from_hf
 from minilora.io.pretrained import model_from_state_dict, tokenizer_metadata
@@ -129,9 +130,14 @@ def test_a_hugging_face_folder_base_exports_its_tokenizer_too(merged_export, tmp
     back, tokenizer = load_pretrained(tmp_path / "from_hf.gguf")
     assert tokenizer.encode(TEXT) == load_pretrained(folder / "base.gguf")[1].encode(TEXT)
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "tokenizer.json").write_text('{"model": {"type": "Unigram"}}')
-    with pytest.raises(ValueError, match="byte-level BPE"):
-        tokenizer_metadata_from_hf(tmp_path / "bad")
+    for content, problem in [('{"model": {"type": "Unigram"}}', "byte-level BPE"),
+                             ('{"model": {"type": "BPE", "vocab": {}}}', "vocabulary is empty"),
+                             ('{"model": {"type": "BPE", "vocab": {"a": "0"}}}', "non-negative integers"),
+                             ('{"model": {"type": "BPE", "vocab": {"a": 0, "b": 99999999}}}', "far beyond"),
+                             ('{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a"]]}}', "merge 0")]:
+        (tmp_path / "bad" / "tokenizer.json").write_text(content)
+        with pytest.raises(FileFormatError, match=problem):
+            tokenizer_metadata_from_hf(tmp_path / "bad")
 
 
 def test_bad_export_requests_fail_before_writing(merged_export, tmp_path, capsys):

@@ -123,13 +123,22 @@ def tokenizer_metadata_from_hf(folder) -> dict:
         raise FileFormatError(path, "GGUF export needs a byte-level BPE tokenizer (model.type 'BPE' with a vocab)")
     ids = dict(model["vocab"])
     added = {t["content"]: t for t in data.get("added_tokens") or [] if isinstance(t, dict) and "content" in t}
-    ids.update({content: t["id"] for content, t in added.items()})
+    ids.update({content: t.get("id") for content, t in added.items()})
+    bad = [t for t, i in ids.items() if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+    if not ids or bad:
+        raise FileFormatError(path, f"token ids must be non-negative integers (token {bad[:1]!r})" if bad
+                              else "the vocabulary is empty")
     size = max(ids.values()) + 1
+    if size > 4 * len(ids) + 1024:  # gaps become [PAD<i>] tokens; a stray huge id must not allocate millions
+        raise FileFormatError(path, f"token id {size - 1} is far beyond the {len(ids)} tokens of the vocabulary")
     tokens, types = [f"[PAD{i}]" for i in range(size)], [UNUSED] * size
     for token, i in ids.items():
         tokens[i] = token
         types[i] = (CONTROL if added[token].get("special") else USER_DEFINED) if token in added else NORMAL
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    merges = [m if isinstance(m, str) else " ".join(m) if isinstance(m, list) and len(m) == 2
+              and all(isinstance(p, str) for p in m) else None for m in model.get("merges") or []]
+    if None in merges:
+        raise FileFormatError(path, f"merge {merges.index(None)} is neither 'a b' nor a pair of strings")
     pre = _PRE_DIGITS if '"individual_digits": true' in json.dumps(data.get("pre_tokenizer")) else _PRE_PLAIN
     meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
