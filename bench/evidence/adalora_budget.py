@@ -8,8 +8,9 @@ tfinal = 20% of the steps, deltaT = 1, PEFT's defaults otherwise (beta1 = beta2 
 orth_reg_weight 0.5). The final budget is equal (8 triplets per layer on average against rank 8
 everywhere); AdaLoRA trains 12-rank factors until pruned, so its trainable count during training
 is higher and is reported. AdaLoRA also runs at 10x the lr: PEFT's initialisation (P, Q ~ N(0, 0.02),
-E = 0) makes its update grow far more slowly than LoRA's at the same lr. Held-out Shakespeare perplexity, dates exact match; the kept ranks of the
-Shakespeare run as a (module type x layer) heatmap and the share of the budget per module type.
+E = 0) makes its update grow far more slowly than LoRA's at the same lr. Held-out Shakespeare
+perplexity, dates exact match; the kept ranks of the Shakespeare runs of the better AdaLoRA lr as a
+(module type x layer) heatmap and the share of the budget per module type.
 """
 from __future__ import annotations
 

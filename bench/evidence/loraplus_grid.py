@@ -65,10 +65,11 @@ def main(argv=None):
     ratios, lrs = ((1, 16), (1e-3,)) if args.quick else (RATIOS, LRS)
     seeds = args.seeds or ((0,) if not args.quick else b.seeds[:1])
     extra = {"ratios": list(ratios), "lrs": list(lrs), "r": 8, "lora_alpha": 16, "targets": ["q_proj", "v_proj"]}
-    rows = grid(setup, out, NAME, cells(ratios, lrs), seeds, args.steps or b.steps, b.task_steps, extra)
+    steps = args.steps or b.grid_steps
+    rows = grid(setup, out, NAME, cells(ratios, lrs), seeds, steps, b.task_steps, extra)
     summary = analyse(rows, ratios, lrs)
     say(f"best plain lr {summary['best_plain_lr']}, targets {summary['target_loss']}")
-    out.write(NAME, setup, {**extra, "steps": args.steps or b.steps, "task_steps": b.task_steps, "seeds": list(seeds),
+    out.write(NAME, setup, {**extra, "steps": steps, "task_steps": b.task_steps, "seeds": list(seeds),
                             "complete": True, "rows": rows, "summary": summary})
     plot(rows, summary, ratios, lrs, out.figure_path(NAME))
 

@@ -29,7 +29,7 @@ def main(argv=None):
     setup, out = Setup(quick=args.quick), Output(args)
     b = setup.budget
     ranks = RANKS[:2] if args.quick else RANKS
-    rows = grid(setup, out, NAME, cells(ranks), args.seeds or b.seeds, args.steps or b.steps, b.task_steps,
+    rows = grid(setup, out, NAME, cells(ranks), args.seeds or b.seeds, args.steps or b.grid_steps, b.task_steps,
                 {"lr": LR, "lora_alpha": 16, "targets": ["q_proj", "v_proj"], "ranks": list(ranks)})
     plot(rows, ranks, out.figure_path(NAME))
 

@@ -19,11 +19,13 @@ TINY = dict(style="llama", hidden_size=32, intermediate_size=64, num_hidden_laye
 
 @dataclass
 class Budget:
-    """Sizes of one mode; experiments scale their steps from ``steps``."""
+    """Sizes of one mode. ``steps``: Shakespeare steps of the experiments with a few runs;
+    ``grid_steps``: those of the many-run grids (rank, which weights, LoRA+), so each fits its budget."""
     seq_len: int
     batch_size: int
     eval_windows: int
     steps: int
+    grid_steps: int
     task_steps: int
     task_batch: int
     task_train: int
@@ -31,10 +33,10 @@ class Budget:
     seeds: tuple
 
 
-FULL = Budget(seq_len=64, batch_size=4, eval_windows=32, steps=40, task_steps=30, task_batch=8, task_train=2000,
-              task_eval=50, seeds=(0, 1, 2))
-QUICK = Budget(seq_len=16, batch_size=2, eval_windows=4, steps=3, task_steps=2, task_batch=2, task_train=32,
-               task_eval=4, seeds=(0, 1))
+FULL = Budget(seq_len=64, batch_size=4, eval_windows=32, steps=40, grid_steps=30, task_steps=20, task_batch=8,
+              task_train=2000, task_eval=50, seeds=(0, 1, 2))
+QUICK = Budget(seq_len=16, batch_size=2, eval_windows=4, steps=3, grid_steps=3, task_steps=2, task_batch=2,
+               task_train=32, task_eval=4, seeds=(0, 1))
 
 
 class Setup:
