@@ -1,6 +1,6 @@
 """Claim: at a fixed budget, adapting Wq and Wv together beats putting all of it on one matrix
-(LoRA, arXiv 2106.09685, Table 5: WikiSQL Wq 70.4, Wk 70.0, Wv 73.0, Wo 73.2, Wq+Wk 71.4,
-Wq+Wv 73.7, all four 73.7 on GPT-3 at 18M parameters).
+(LoRA, arXiv 2106.09685, Table 5, GPT-3 at 18M trainable parameters, WikiSQL: Wq 70.4, Wv 73.0,
+Wq+Wv 73.7, all four 73.7).
 
 The paper's cells, by rank: Wq r8; Wk r8; Wv r8; Wo r8; Wq+Wk r4; Wq+Wv r4; Wq+Wk+Wv+Wo r2; plus
 the MLP alone (gate, up, down) and all linear layers at r=1, the rank whose parameter count comes
