@@ -11,6 +11,8 @@ the top directions of r=8 and r=64 adapters overlap strongly, the rest is mostly
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from minilora import backend
@@ -102,31 +104,42 @@ def main(argv=None):
 
 def plot_phi(phi, path):
     plt = pyplot()
-    fig, axes = plt.subplots(2, len(phi) // 2, figsize=(3.2 * (len(phi) // 2), 4.8), squeeze=False)
+    fig, axes = plt.subplots(2, len(phi) // 2, figsize=(3.4 * (len(phi) // 2), 5.4), squeeze=False,
+                             constrained_layout=True)
     for ax, (name, values) in zip(axes.ravel(), phi.items()):
+        values = np.asarray(values)
         image = ax.imshow(values, aspect="auto", vmin=0, vmax=1, cmap="viridis", origin="lower",
                           extent=(0.5, values.shape[1] + 0.5, 0.5, values.shape[0] + 0.5))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("j (r=64)")
         ax.set_ylabel("i (r=8)")
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="phi(i, j)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="phi(i, j)")
     save_figure(fig, path)
 
 
 def plot_spectra(spectra, path):
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(spectra), figsize=(2.6 * len(spectra), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(spectra), figsize=(2.8 * len(spectra), 3.2), squeeze=False,
+                             constrained_layout=True)
     for ax, (name, s) in zip(axes.ravel(), spectra.items()):
         for key, style in (("full", "-"), ("lora_r8", "--")):
-            values = np.asarray(s[key]["singular_values"])
+            values = np.asarray(s[key]["singular_values"])[: None if key == "full" else 8]  # rank 8: the rest is 0
             ax.semilogy(np.arange(1, len(values) + 1), values / values[0], style,
                         label=f"{key} (top-8 energy {s[key]['energy_top']:.2f})")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("index")
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("sigma_i / sigma_1")
-    fig.tight_layout()
     save_figure(fig, path)
+
+
+def replot(path: str, out_dir: str) -> None:
+    """Redraw both figures from a results JSON (after a change to the plotting only)."""
+    import json
+    with open(path) as f:
+        data = json.load(f)
+    plot_phi(data["phi"], os.path.join(out_dir, f"{NAME}_subspace.png"))
+    plot_spectra(data["spectra"], os.path.join(out_dir, f"{NAME}_spectrum.png"))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from .measure import spread
 from .report import RESULTS
 from .runs import by_label
+from .setup import TINY
 
 
 def fmt(stats: dict, digits: int = 3) -> str:
@@ -77,6 +78,10 @@ def intrinsic_rank(data: dict) -> list:
         phi = data["phi"][name]
         lines.append(f"| {name} | {s['full']['energy_top']:.3f} | {s['lora_r8']['energy_top']:.3f} | "
                      f"{phi[0][0]:.3f} | {phi[7][7]:.3f} | {phi[7][-1]:.3f} |")
+    d_in = 576 if data["setup"]["model"].startswith("SmolLM2") else TINY["hidden_size"]  # q, v input width
+    if phi:  # two random subspaces of dimensions i <= j in R^d: E[phi(i, j)] = j / d
+        lines.append(f"| random subspaces (expected) | - | - | {1 / d_in:.4f} | {8 / d_in:.4f} | "
+                     f"{len(phi[0]) / d_in:.4f} |")
     return lines
 
 
