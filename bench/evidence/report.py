@@ -3,7 +3,8 @@
 Every script: ``python -m bench.evidence.<name> [--quick] [--seeds 0 1 2] [--steps N] [--out DIR]``.
 Full runs write bench/results/evidence/<name>.json and docs/evidence/<name>*.png; --quick runs the
 tiny model and writes under build/evidence-quick/ (or --out) so it never overwrites real results.
-Each JSON holds the machine, date, load average before and after, the setup, and the raw per-seed rows.
+Each JSON holds the machine, date, load average before and after, wall and CPU seconds, the setup,
+and the raw per-seed rows.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 
 from minilora.io.atomic import atomic_path, write_text_atomic
@@ -51,13 +53,20 @@ class Output:
                   "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                               "python": platform.python_version()},
                   "load_average_before": list(self.load_before), "load_average_after": list(os.getloadavg()),
-                  "wall_seconds": time.time() - self.started, "setup": setup.describe() if setup else None, **data}
+                  "wall_seconds": time.time() - self.started, "cpu_seconds": _cpu_seconds(), "setup": setup.describe() if setup else None, **data}
         write_text_atomic(path, json.dumps(record, indent=2, default=_jsonable))
         return path
 
     def figure_path(self, name: str) -> str:
         os.makedirs(self.figures, exist_ok=True)
         return os.path.join(self.figures, f"{name}.png")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads): about what the run costs on a
+    quiet machine, whatever the load (its wall time there lies between cpu / n_cores and cpu)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _jsonable(value):

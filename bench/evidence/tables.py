@@ -25,7 +25,9 @@ def fmt(stats: dict, digits: int = 3) -> str:
 def context(data: dict) -> str:
     load = ", ".join(f"{x:.1f}" for x in data["load_average_before"])
     return (f"_{data['date']}, {data['machine']['cpu_count']} CPUs, load average before {load}, "
-            f"wall {data['wall_seconds'] / 60:.1f} min{'' if data.get('complete', True) else ', INCOMPLETE'}_")
+            f"wall {data['wall_seconds'] / 60:.1f} min"
+            + (f", CPU {data['cpu_seconds'] / 60:.1f} min" if "cpu_seconds" in data else "")
+            + f"{'' if data.get('complete', True) else ', INCOMPLETE'}_")
 
 
 def training_table(data: dict) -> list:
