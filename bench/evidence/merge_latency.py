@@ -51,13 +51,13 @@ def time_prefill(model, ids) -> float:
     return time.perf_counter() - tic
 
 
-def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
-    setup, out = Setup(quick=args.quick), Output(args)
-    rounds = 3 if args.quick else 15
-    seed = (args.seeds or [0])[0]
-    models = {"base": setup.base(), "unmerged": adapted(setup, seed), "merged": adapted(setup, seed)}
-    ids = setup.eval_windows[:8, :-1]  # (8, T)
+OPTIONS = (("--rounds", {"type": int, "default": None, "help": "timing rounds (default 15; quick 3)"}),
+           ("--no-ppl", {"action": "store_true", "help": "skip the three held-out perplexities"}),
+           ("--prefill-tokens", {"type": int, "default": None, "help": "prefill length (default: seq_len)"}))
+
+
+def exactness(setup, models, ids, with_ppl: bool) -> dict:
+    """Merge the "merged" copy and compare its logits with the unmerged copy's (and the base's)."""
     before = logits(models["merged"], ids)
     models["merged"].merge_adapter()
     unmerged, merged = logits(models["unmerged"], ids), logits(models["merged"], ids)
@@ -68,8 +68,20 @@ def main(argv=None):
              "mean_abs_diff": float(np.abs(merged - unmerged).mean()),
              "logit_scale_max_abs": float(np.abs(unmerged).max()),
              "argmax_agreement": float((merged.argmax(-1) == unmerged.argmax(-1)).mean()),
-             "adapter_changes_logits_by_max": float(np.abs(unmerged - base_logits).max()),
-             "ppl": {k: perplexity(m, setup.eval_windows)["ppl"] for k, m in models.items()}}
+             "adapter_changes_logits_by_max": float(np.abs(unmerged - base_logits).max())}
+    if with_ppl:
+        exact["ppl"] = {k: perplexity(m, setup.eval_windows)["ppl"] for k, m in models.items()}
+    return exact
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], argv, extra=OPTIONS)
+    setup, out = Setup(quick=args.quick), Output(args)
+    rounds = args.rounds or (3 if args.quick else 15)
+    seed = (args.seeds or [0])[0]
+    models = {"base": setup.base(), "unmerged": adapted(setup, seed), "merged": adapted(setup, seed)}
+    ids = setup.eval_windows[:8, :-1][:, :args.prefill_tokens]  # (8, T)
+    exact = exactness(setup, models, ids, not args.no_ppl)
     say(f"exactness: {exact}")
     prompt = setup.eval_windows[0, :PROMPT]
     names = list(models)
@@ -81,13 +93,13 @@ def main(argv=None):
         for name in names[r % 3:] + names[:r % 3]:
             times[name]["decode_s_per_token"].append(time_decode(models[name], prompt))
             times[name]["prefill_s"].append(time_prefill(models[name], ids))
-        say(f"round {r + 1}/{rounds}")
-    medians = {n: {k: float(np.median(v)) for k, v in t.items()} for n, t in times.items()}
-    ratios = {n: {k: medians[n][k] / medians["base"][k] for k in medians[n]} for n in names}
-    say(f"medians {medians}\nratios to base {ratios}")
-    out.write(NAME, setup, {"rounds": rounds, "prompt_tokens": PROMPT, "decode_tokens": DECODE_TOKENS,
-                            "prefill_shape": list(ids.shape), "adapter": "LoRA r=8 alpha=16 on q_proj, v_proj",
-                            "exactness": exact, "times": times, "medians": medians, "ratio_to_base": ratios})
+        medians = {n: {k: float(np.median(v)) for k, v in t.items()} for n, t in times.items()}
+        ratios = {n: {k: medians[n][k] / medians["base"][k] for k in medians[n]} for n in names}
+        say(f"round {r + 1}/{rounds}: ratios to base {ratios}")
+        out.write(NAME, setup, {"rounds": r + 1, "complete": r + 1 == rounds, "prompt_tokens": PROMPT,
+                                "decode_tokens": DECODE_TOKENS, "prefill_shape": list(ids.shape),
+                                "adapter": "LoRA r=8 alpha=16 on q_proj, v_proj", "exactness": exact,
+                                "times": times, "medians": medians, "ratio_to_base": ratios})
     plot(times, out.figure_path(NAME))
 
 

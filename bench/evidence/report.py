@@ -23,8 +23,11 @@ FIGURES = os.path.join(ROOT, "docs", "evidence")
 QUICK_OUT = os.path.join(ROOT, "build", "evidence-quick")
 
 
-def parse_args(description: str, argv=None, steps: int | None = None):
+def parse_args(description: str, argv=None, steps: int | None = None, extra=()):
+    """The common options, plus ``extra``: (flag, argparse keyword arguments) pairs of one script."""
     parser = argparse.ArgumentParser(description=description)
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
     parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: checks the script runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the mode's)")
     parser.add_argument("--steps", type=int, default=steps, help="training steps (default: the experiment's)")

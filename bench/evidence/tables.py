@@ -49,7 +49,8 @@ def merge_latency(data: dict) -> list:
              % data["prefill_shape"][1], "|---|---|---|---|---|---|"]
     for name in m:
         lines.append(f"| {name} | {1e3 * m[name]['decode_s_per_token']:.2f} | {r[name]['decode_s_per_token']:.3f} | "
-                     f"{1e3 * m[name]['prefill_s']:.1f} | {r[name]['prefill_s']:.3f} | {e['ppl'][name]:.4f} |")
+                     f"{1e3 * m[name]['prefill_s']:.1f} | {r[name]['prefill_s']:.3f} | "
+                     + (f"{e['ppl'][name]:.4f} |" if "ppl" in e else "- |"))
     lines.append("")
     lines.append(f"merged vs unmerged logits: max |diff| {e['max_abs_diff']:.3g}, mean |diff| {e['mean_abs_diff']:.3g} "
                  f"(logits up to {e['logit_scale_max_abs']:.3g}; the adapter moves them by up to "
