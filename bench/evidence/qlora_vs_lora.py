@@ -32,11 +32,27 @@ def cells() -> list:
             {"label": "QLoRA (NF4 + DQ base)", "lr": LR, "make_config": config, "prepare": nf4}]
 
 
+OPTIONS = (("--memory-only", {"action": "store_true",
+                               "help": "only the peak training memory of each (no training runs)"}),)
+
+
+def measure_memory(setup, steps: int) -> dict:
+    """Peak training memory of LoRA and QLoRA (fresh models, two steps each)."""
+    memory = {c["label"]: memory_run(setup, c["make_config"], steps, LR, prepare=c.get("prepare")) for c in cells()}
+    say(f"memory {memory}")
+    return memory
+
+
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, extra=OPTIONS)
     setup, out = Setup(quick=args.quick), Output(args)
     b = setup.budget
     steps, seeds = args.steps or b.steps, args.seeds or b.seeds
+    if args.memory_only:
+        memory = measure_memory(setup, steps)
+        out.write(f"{NAME}_memory", setup, {"lr": LR, "r": 8, "lora_alpha": 16, "targets": ALL_LINEAR,
+                                            "memory": memory})
+        return
     quantized = setup.base()
     nf4(quantized)
     quantized_base = perplexity(quantized, setup.eval_windows)
@@ -44,8 +60,7 @@ def main(argv=None):
     say(f"NF4 + DQ base before training: ppl {quantized_base['ppl']:.3f}")
     extra = {"lr": LR, "r": 8, "lora_alpha": 16, "targets": ALL_LINEAR, "quantized_base": quantized_base}
     rows = grid(setup, out, NAME, cells(), seeds, steps, b.task_steps, extra)
-    memory = {c["label"]: memory_run(setup, c["make_config"], steps, LR, prepare=c.get("prepare")) for c in cells()}
-    say(f"memory {memory}")
+    memory = measure_memory(setup, steps)
     out.write(NAME, setup, {**extra, "steps": steps, "task_steps": b.task_steps, "seeds": list(seeds),
                             "complete": True, "rows": rows, "memory": memory})
     plot(rows, memory, out.figure_path(NAME))
