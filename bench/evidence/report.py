@@ -56,7 +56,8 @@ class Output:
                   "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                               "python": platform.python_version()},
                   "load_average_before": list(self.load_before), "load_average_after": list(os.getloadavg()),
-                  "wall_seconds": time.time() - self.started, "cpu_seconds": _cpu_seconds(), "setup": setup.describe() if setup else None, **data}
+                  "wall_seconds": time.time() - self.started, "cpu_seconds": _cpu_seconds(),
+                  "setup": setup.describe() if setup else None, **data}
         write_text_atomic(path, json.dumps(record, indent=2, default=_jsonable))
         return path
 
