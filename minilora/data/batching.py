@@ -2,10 +2,17 @@
 
 For one example: tokens = prompt + completion + [eos]; the model reads tokens[:-1] and is scored on
 tokens[1:]; positions that predict prompt tokens get label -100 (ignored by cross_entropy), so the
-loss covers only the completion and eos. Batches are drawn deterministically from (seed, step), so a
-resumed run sees the same data order as an uninterrupted one.
+loss covers only the completion and eos (``mask_prompt=False`` scores the prompt tokens too).
+
+Batches walk through epochs: epoch e is a permutation of the n examples drawn from (seed, e), the
+epochs are laid end to end, and batch s holds positions s*b .. s*b + b - 1 of that stream. So a run
+of E*n/b steps sees every example E times, and batch(s) depends on (seed, s) alone: a resumed run sees
+the same data order as an uninterrupted one, and micro-batches s*K .. s*K + K - 1 of size b hold
+exactly the examples of batch s of size K*b (gradient accumulation).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -43,12 +50,25 @@ class Batches:
         if batch_size <= 0:
             raise ValueError(f"Batches: batch_size must be positive, got {batch_size}")
         self.encoded, self.batch_size, self.pad_id, self.seed = encoded, batch_size, pad_id, seed
+        self._order = (-1, None)  # (epoch, its permutation): the last one used
+
+    def indices(self, step: int) -> list:
+        """Example indices of batch ``step``: positions step*b .. step*b + b - 1 of the epoch stream."""
+        n, out = len(self.encoded), []
+        for position in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch = position // n
+            if self._order[0] != epoch:
+                self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
+            out.append(int(self._order[1][position % n]))
+        return out
 
     def __call__(self, step: int):
-        rng = np.random.default_rng([self.seed, step])
-        n = len(self.encoded)
-        picks = rng.choice(n, size=self.batch_size, replace=self.batch_size > n)
-        return collate([self.encoded[i] for i in picks], self.pad_id)
+        """(ids, labels) int64 (b, T) host arrays of batch ``step``."""
+        return collate([self.encoded[i] for i in self.indices(step)], self.pad_id)
+
+    def steps_for_epochs(self, epochs: float, accumulation: int = 1) -> int:
+        """Optimizer steps (each of ``accumulation`` batches) that cover ``epochs`` passes, rounded up."""
+        return max(1, math.ceil(epochs * len(self.encoded) / (self.batch_size * accumulation) - 1e-9))
 
     @property
     def tokens_per_example(self) -> float:
