@@ -173,7 +173,7 @@ def _report(bar, log, record, history, config):
     postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
                "tok/s": f"{record['tokens_per_s']:.0f}"}
     evaluated = bool(history.evals) and history.evals[-1]["step"] == record["step"]
-    if history.evals and "val_loss" in history.evals[-1]:
+    if (evaluated or bar is not None) and history.evals and "val_loss" in history.evals[-1]:  # a line: fresh only
         postfix["val_loss"] = f"{history.evals[-1]['val_loss']:.4f}"
     if history.bad_steps:
         postfix["skipped"] = len(history.bad_steps)

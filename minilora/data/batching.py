@@ -12,8 +12,6 @@ exactly the examples of batch s of size K*b (gradient accumulation).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 IGNORE_INDEX = -100
@@ -41,6 +39,20 @@ def collate(pairs, pad_id: int):
     return ids, labels
 
 
+def in_order(encoded: list, batch_size: int, pad_id: int, max_batches: int | None = None) -> list:
+    """Collated (ids, labels) batches of ``encoded`` in order, no shuffling (evaluation); at most max_batches."""
+    starts = range(0, len(encoded), batch_size)
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    return [collate(encoded[i:i + batch_size], pad_id) for i in starts]
+
+
+def text_windows(token_ids: list, max_len: int) -> list:
+    """A token stream cut into (ids, labels) windows of <= max_len targets, every token after the first
+    scored exactly once: window w reads tokens[w*L : w*L + L] and predicts tokens[w*L + 1 : w*L + L + 1]."""
+    return [(token_ids[i:i + max_len], token_ids[i + 1:i + max_len + 1]) for i in range(0, len(token_ids) - 1, max_len)]
+
+
 class Batches:
     """Deterministic batches: batch(step) depends only on (seed, step) and the encoded examples."""
 
@@ -65,10 +77,6 @@ class Batches:
     def __call__(self, step: int):
         """(ids, labels) int64 (b, T) host arrays of batch ``step``."""
         return collate([self.encoded[i] for i in self.indices(step)], self.pad_id)
-
-    def steps_for_epochs(self, epochs: float, accumulation: int = 1) -> int:
-        """Optimizer steps (each of ``accumulation`` batches) that cover ``epochs`` passes, rounded up."""
-        return max(1, math.ceil(epochs * len(self.encoded) / (self.batch_size * accumulation) - 1e-9))
 
     @property
     def tokens_per_example(self) -> float:
