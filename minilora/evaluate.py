@@ -6,8 +6,8 @@ mean_nll: over N scored tokens (labels != -100) of a set of (ids, labels) batche
 `minilora eval`; ``encode_eval_source`` turns a task, a JSONL folder split or a text file into the
 scored examples.
 
-Exact match: greedy completions of many prompts, batched, with the KV cache. Prompts of equal token length form one batch (no padding, so no attention mask is needed); each
-batch is prefilled once and then decoded one token per step for every row at once
+Exact match: greedy completions of many prompts, batched, with the KV cache. Prompts of equal token
+length form one batch (no padding, so no attention mask is needed); each batch is prefilled once and then decoded one token per step for every row at once
 (models.generate.stream_generate). A row stops at eos; the completion is compared with the expected
 one after stripping surrounding white space.
 """

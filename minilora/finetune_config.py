@@ -95,7 +95,8 @@ class FinetuneConfig:
             non_negative_int("eval_every")
         for name in ("alpha", "lr") + (("epochs",) if self.epochs is not None else ()):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if self.steps is not None and self.epochs is not None:
             raise ConfigError(f"give steps ({self.steps}) or epochs ({self.epochs}), not both")

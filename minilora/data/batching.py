@@ -50,7 +50,8 @@ def in_order(encoded: list, batch_size: int, pad_id: int, max_batches: int | Non
 def text_windows(token_ids: list, max_len: int) -> list:
     """A token stream cut into (ids, labels) windows of <= max_len targets, every token after the first
     scored exactly once: window w reads tokens[w*L : w*L + L] and predicts tokens[w*L + 1 : w*L + L + 1]."""
-    return [(token_ids[i:i + max_len], token_ids[i + 1:i + max_len + 1]) for i in range(0, len(token_ids) - 1, max_len)]
+    windows = [token_ids[i:i + max_len + 1] for i in range(0, len(token_ids) - 1, max_len)]
+    return [(w[:-1], w[1:]) for w in windows]
 
 
 class Batches:
