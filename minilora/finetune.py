@@ -150,8 +150,9 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         log(f"after:  exact match {after['exact_match']:.1%} on {after['n']} held-out examples")
         _log_sample(log, after)
         val_loss = validation_summary(before["val_loss"], history)
-        log(f"validation loss: before {val_loss['before']:.4f}, best {val_loss['best']['val_loss']:.4f} "
-            f"(step {val_loss['best']['step'] + 1}), final {val_loss['final']['val_loss']:.4f}")
+        if val_loss["best"] is not None:
+            log(f"validation loss: before {val_loss['before']:.4f}, best {val_loss['best']['val_loss']:.4f} "
+                f"(step {val_loss['best']['step'] + 1}), final {val_loss['final']['val_loss']:.4f}")
         test = None
         if cfg.test:
             test_batches = in_order(encode_all(cfg, tokenizer, read_split(cfg.data, "test", tokenizer)),

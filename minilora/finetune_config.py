@@ -8,10 +8,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from . import backend
+from .checkpoint import checkpoint_path
+from .data.jsonl import check_jsonl_folder
+from .data.tasks import TASKS
 from .errors import ConfigError, MissingFileError
+from .io.pretrained import DEFAULT_MODEL_NAMES
+from .io.safetensors_io import read_safetensors_metadata
 
 METHODS = ("lora", "qlora", "adalora")
 OPTIMIZERS = ("adamw", "sgd")
@@ -137,9 +143,6 @@ class FinetuneConfig:
         return self
 
     def _validate_sources(self):
-        from .data.jsonl import check_jsonl_folder
-        from .data.tasks import TASKS
-        from .io.pretrained import DEFAULT_MODEL_NAMES
         if self.data not in TASKS:
             for split in ("train.jsonl", "valid.jsonl"):
                 if not os.path.isfile(os.path.join(self.data, split)):
@@ -154,17 +157,14 @@ class FinetuneConfig:
             raise ConfigError(f"model {self.model!r} not found: use smollm2-135m, a .gguf file, a checkpoint "
                               "folder or tiny")
         if self.resume:
-            from .checkpoint import checkpoint_path
             if not os.path.isfile(checkpoint_path(self.out)):
                 raise ConfigError(f"--resume: no checkpoint at {checkpoint_path(self.out)}")
-            from .io.safetensors_io import read_safetensors_metadata
             if read_safetensors_metadata(checkpoint_path(self.out)).get("format") != "minilora-checkpoint":
                 raise ConfigError(f"--resume: {checkpoint_path(self.out)} is not a minilora checkpoint")
 
     @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "FinetuneConfig":
         """Fields from a JSON or YAML file, then ``overrides``; unknown keys warn and are ignored."""
-        import warnings
         if not os.path.isfile(path):
             raise MissingFileError(path, "config file")
         try:
@@ -174,7 +174,7 @@ class FinetuneConfig:
             raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
         if path.endswith((".yaml", ".yml")):
             try:
-                import yaml
+                import yaml  # imported here: PyYAML is optional, only YAML configs need it
             except ImportError as exc:
                 raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use JSON") from exc
             try:

@@ -22,6 +22,8 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from tqdm.auto import tqdm
+
 from .data.batching import IGNORE_INDEX
 from .errors import MiniloraError
 from .optim.clip import clip_grad_norm, grad_norm
@@ -164,7 +166,6 @@ def apply_update(model, optimizer, trainable, step: int, loss_value: float, max_
 def _progress(config: TrainConfig, start_step: int):
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
     return tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
 

@@ -80,7 +80,6 @@ def test_resume_with_the_new_options_is_bit_identical(tmp_path, monkeypatch):
         real_save(path, model, optimizer, step, *args, **kwargs)
         if step == 2:
             raise Stop
-    monkeypatch.setattr(minilora.checkpoint, "save_checkpoint", save_then_stop)
     monkeypatch.setattr(minilora.finetune, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         cli.main(ARGS + ["--out", str(tmp_path / "half")])
@@ -151,3 +150,11 @@ def test_eval_bad_input_is_one_line_on_stderr(tmp_path, monkeypatch, capsys, arg
     monkeypatch.chdir(tmp_path)
     assert cli.main(["eval", "--model", "tiny", *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    summary = run_finetune(FinetuneConfig(data=str(_folder(tmp_path, test=False)), epochs=0.5, batch_size=4,
+                                          grad_accumulation_steps=2, out=str(tmp_path / "run"), **QUIET),
+                           log=lambda s: None)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["steps"] == 3 == len(history["steps"])  # ceil(0.5 * 40 / (4 * 2))
