@@ -78,7 +78,3 @@ class Batches:
     def __call__(self, step: int):
         """(ids, labels) int64 (b, T) host arrays of batch ``step``."""
         return collate([self.encoded[i] for i in self.indices(step)], self.pad_id)
-
-    @property
-    def tokens_per_example(self) -> float:
-        return float(np.mean([len(ids) for ids, _ in self.encoded]))
