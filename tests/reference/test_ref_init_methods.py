@@ -1,0 +1,87 @@
+"""PiSSA, randomized PiSSA and OLoRA against PEFT's own initialization of the same float32 weight.
+
+PEFT's LoRA Linear is built over a torch Linear holding W; its init_lora_weights rewrites lora_A,
+lora_B and the base weight. minilora's pure functions (minilora/lora/init_methods.py) must give the
+same factors (singular vectors up to a sign per component, which SVD leaves free), the same s B A
+and the same residual base weight, to float32 rounding. The randomized variant draws different
+random sketches in each framework, so it is compared through the subspace both converge to.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+
+from minilora import backend
+from minilora.lora import init_methods as im
+
+D_OUT, D_IN, R, ALPHA = 24, 16, 4, 8  # scaling 2.0
+TOL = 1e-5 * 8  # float32 rounding on entries up to ~8 (the weights below)
+
+
+class One(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.proj = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.from_numpy(w))
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def peft_init(w, init):
+    model = get_peft_model(One(w), PeftLoraConfig(r=R, lora_alpha=ALPHA, target_modules=["proj"],
+                                                  init_lora_weights=init))
+    layer = model.base_model.model.proj
+    return (layer.lora_A["default"].weight.detach().numpy(), layer.lora_B["default"].weight.detach().numpy(),
+            layer.base_layer.weight.detach().numpy())
+
+
+def structured_weight(seed=0):
+    rng = np.random.default_rng(seed)
+    w = 0.05 * rng.standard_normal((D_OUT, D_IN)) + rng.standard_normal((D_OUT, R)) @ rng.standard_normal((R, D_IN))
+    return w.astype(np.float32)
+
+
+def aligned(ours_a, ours_b, their_a):
+    """Flip each of our rank-1 components to the sign PEFT's SVD chose."""
+    signs = np.sign(np.sum(ours_a * their_a, axis=1))
+    return ours_a * signs[:, None], ours_b * signs[None, :]
+
+
+def test_pissa_matches_peft():
+    w = structured_weight()
+    a, b, res = im.pissa(np, w, R, ALPHA / R)
+    ta, tb, tres = peft_init(w, "pissa")
+    a, b = aligned(a, b, ta)
+    np.testing.assert_allclose(a, ta, atol=TOL)
+    np.testing.assert_allclose(b, tb, atol=TOL)
+    np.testing.assert_allclose(res, tres, atol=TOL)
+
+
+def test_olora_matches_peft():
+    w = structured_weight(1)
+    a, b, res = im.olora(np, w, R, ALPHA / R)
+    ta, tb, tres = peft_init(w, "olora")
+    np.testing.assert_allclose(a, ta, atol=TOL)  # Householder QR: the same signs in both LAPACK calls
+    np.testing.assert_allclose(b, tb, atol=TOL)
+    np.testing.assert_allclose(res, tres, atol=TOL)
+
+
+def test_randomized_pissa_reaches_the_subspace_peft_reaches():
+    w = structured_weight(2)
+    a, b, res = im.pissa_lowrank(np, w, R, ALPHA / R, 8, backend.Random(0))
+    torch.manual_seed(0)
+    ta, tb, tres = peft_init(w, "pissa_niter_8")
+    np.testing.assert_allclose(b @ a, tb @ ta, atol=5e-4)
+    np.testing.assert_allclose(res, tres, atol=1e-3)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_both_keep_base_plus_adapter_equal_to_the_weight(init):
+    w = structured_weight(3)
+    ta, tb, tres = peft_init(w, init)
+    np.testing.assert_allclose(tres + (ALPHA / R) * tb @ ta, w, atol=1e-5)
