@@ -105,10 +105,9 @@ class LoraModel(Module):
             p.requires_grad = False
         bias_modes = {self.peft_config[n].bias for n in self.active_adapters if n in self.peft_config}
         for _, layer in lora_layers(self.model):
-            for attr in layer.adapter_param_names:
-                for name, holder in getattr(layer, attr).items():
-                    for p in ([holder] if not isinstance(holder, Module) else holder.parameters()):
-                        p.requires_grad = name in self.active_adapters
+            for name in layer.adapter_names:
+                for p in layer.adapter_parameters(name).values():
+                    p.requires_grad = name in self.active_adapters
             bias = getattr(layer.base_layer, "bias", None)
             if "lora_only" in bias_modes and bias is not None:
                 bias.requires_grad = True

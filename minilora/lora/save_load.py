@@ -60,12 +60,8 @@ def adapter_parameters(lora_model: LoraModel, adapter_name: str = "default") -> 
     for path, layer in lora_layers(lora_model.model):
         if adapter_name not in layer.r:
             continue
-        for attr in layer.adapter_param_names:
-            holder = getattr(layer, attr)[adapter_name]
-            if isinstance(holder, Module):
-                out[f"{PREFIX}{path}.{attr}.weight"] = holder.weight
-            else:
-                out[f"{PREFIX}{path}.{attr}"] = holder
+        for suffix, p in layer.adapter_parameters(adapter_name).items():
+            out[f"{PREFIX}{path}.{suffix}"] = p
         bias = getattr(layer.base_layer, "bias", None)
         if config.bias == "lora_only" and bias is not None:
             out[f"{PREFIX}{path}.base_layer.bias"] = bias

@@ -11,8 +11,7 @@ from __future__ import annotations
 from ... import ops
 from ...nn import Module
 from ...tensor import Tensor, no_grad
-from ..inject import add_modules_to_save, find_targets, is_linear_like, layer_seed, lora_layers
-from ..layers import LoRALayer
+from ..inject import add_modules_to_save, check_layer_kinds, find_targets, is_linear_like, layer_seed, lora_layers
 from ..model import LoraModel, register_model_class
 from .allocator import RankAllocator
 from .config import AdaLoraConfig
@@ -40,8 +39,8 @@ class AdaLoraModel(LoraModel):
             raise ValueError(f"AdaLoraModel trains one adapter at a time ({trainable[0]!r} is trainable): "
                              "give the new adapter inference_mode=True")
         targets = find_targets(self.model, config)
-        wrong = [p for p, m in targets if not (isinstance(m, SVDLinear) or
-                                                (is_linear_like(m) and not isinstance(m, LoRALayer)))]
+        check_layer_kinds(targets, config)
+        wrong = [p for p, m in targets if not (isinstance(m, SVDLinear) or is_linear_like(m))]
         if wrong:
             raise ValueError(f"AdaLoRA adapts Linear-like layers only; target_modules also matches {wrong}")
         for path, module in targets:
