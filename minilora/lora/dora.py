@@ -19,7 +19,7 @@ same factor (kept from the merge) and subtracts s B A.
 """
 from __future__ import annotations
 
-from .. import ops
+from .. import functional as F, ops
 from ..nn import Module, Parameter
 from ..tensor import Tensor
 
@@ -56,3 +56,58 @@ def merged_weight(xp, weight, delta, magnitude, norm):
 def unmerged_weight(xp, merged, delta, magnitude, norm):
     """merged / (m / n)[:, None] - delta: the inverse of merged_weight (norm as kept from the merge)."""
     return merged / (magnitude / norm)[:, None] - delta
+
+
+# ---------------------------------------------------------------- on a LoRALinear (by composition)
+def is_dora(layer, name: str) -> bool:
+    """Whether adapter ``name`` of ``layer`` has a magnitude vector (is a DoRA adapter)."""
+    return name in vars(layer).get(MAGNITUDE_KEY, ())
+
+
+def add_magnitude(layer, name: str) -> None:
+    """m = ||W0 + s B A||_c for adapter ``name`` (its factors and scaling exist already), stored as a
+    bare Parameter so its saved key is PEFT's ``<path>.lora_magnitude_vector``."""
+    from .layers import AdapterDict, base_weight
+    if MAGNITUDE_KEY not in vars(layer):
+        setattr(layer, MAGNITUDE_KEY, AdapterDict())
+    norm = weight_norm(layer.xp, base_weight(layer.base_layer), layer.delta_weight(name))
+    getattr(layer, MAGNITUDE_KEY)[name] = Parameter(norm)
+
+
+def increment(layer, name: str, x: Tensor, y: Tensor) -> Tensor:
+    """What DoRA adapter ``name`` adds to the output so far ``y`` (..., d_out) for input x (..., d_in).
+
+    Without dropout (or in eval) the base output is y minus the bias (PEFT's ``base_result``: with
+    several active adapters it holds the earlier ones too, so DoRA adapters compose as their merges
+    do); with dropout it is dropout(x) W0^T, the adapter seeing the same dropped-out input.
+    """
+    from .layers import base_weight
+    xp, scaling = layer.xp, layer.scaling[name]
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    weight = base_weight(layer.base_layer)  # (d_out, d_in), dequantized for a 4-bit base
+    norm = weight_norm(xp, weight, scaling * xp.matmul(b.data, a.data))  # a plain array: detached
+    p = layer.lora_dropout[name]
+    if p == 0.0 or not layer.training:
+        h, bias = x, getattr(layer.base_layer, "bias", None)
+        base_out = y if bias is None else y - bias
+    else:
+        h = F.dropout(x, p, layer.rng, training=True)
+        base_out = F.linear(h, Tensor(weight))
+    lora_out = F.linear(F.linear(h, a), b)  # (..., d_out)
+    magnitude = getattr(layer, MAGNITUDE_KEY)[name]
+    factor = ops.div(magnitude, norm)  # (d_out,)
+    return (factor - 1.0) * base_out + factor * lora_out * scaling
+
+
+def merge_step(layer, name: str, weight, unmerged):
+    """(m / n) * (weight + s B A), n from the *unmerged* base (PEFT); n is kept for unmerge_step."""
+    delta = layer.delta_weight(name)
+    norm = weight_norm(layer.xp, unmerged, delta)
+    vars(layer).setdefault("dora_norms", {})[name] = norm
+    return merged_weight(layer.xp, weight, delta, getattr(layer, MAGNITUDE_KEY)[name].data, norm)
+
+
+def unmerge_step(layer, name: str, weight):
+    """weight / (m / n) - s B A with the n kept by merge_step."""
+    return unmerged_weight(layer.xp, weight, layer.delta_weight(name), getattr(layer, MAGNITUDE_KEY)[name].data,
+                           vars(layer)["dora_norms"][name])

@@ -137,3 +137,51 @@ def loftq(xp, weight, r: int, scaling: float, num_iter: int, quantize):
 
 def _cast(xp, a, b, residual, dtype):
     return xp.astype(a, dtype), xp.astype(b, dtype), xp.astype(residual, dtype)
+
+
+# ---------------------------------------------------------------- on a LoRALinear
+LOFTQ_QUANT = dict(quant_type="nf4", blocksize=64, double_quant=False)  # PEFT's LoftQ: Params4bit(compress_statistics=False)
+
+
+def init_from_base(layer, name: str, init_lora_weights, loftq_config, seed: int) -> None:
+    """Overwrite adapter ``name``'s A, B from ``layer``'s base weight and put the new base in place.
+
+    A 4-bit base takes pissa/olora by dequantizing, and its residual is quantized again with the same
+    settings (PEFT does so for OLoRA). loftq needs the float weight W: the float base becomes a
+    Linear4bit holding Q_T (NF4, blocks of 64, no double quantization, as PEFT's LoftQ).
+    """
+    from ..quant.linear4bit import Linear4bit
+    from ..quant.quantize import dequantize_4bit, quantize_4bit
+    from ..backend import Random
+    from .layers import base_weight, is_quantized
+    kind, niter = parse_init(init_lora_weights)
+    xp, r, scaling, base = layer.xp, layer.r[name], layer.scaling[name], layer.base_layer
+    bias = getattr(base, "bias", None)
+    bias = None if bias is None else bias.data
+    weight = base_weight(base)
+    if kind == "loftq":
+        if is_quantized(base):
+            raise ConfigError("init_lora_weights='loftq' needs the float weights: give get_lora_model the float "
+                              "model (LoftQ quantizes the targeted layers itself), not an already quantized one")
+        iters = check_loftq_config(loftq_config or {})["loftq_iter"]
+
+        def quantize(w):
+            packed, state = quantize_4bit(w, **LOFTQ_QUANT)
+            return dequantize_4bit(packed, state), (packed, state)
+        (packed, state), _, a, b = loftq(xp, weight, r, scaling, iters, quantize)
+        layer.base_layer = Linear4bit(packed, state, bias)
+    else:
+        if kind == "olora":
+            a, b, residual = olora(xp, weight, r, scaling)
+        elif niter is None:
+            a, b, residual = pissa(xp, weight, r, scaling)
+        else:
+            a, b, residual = pissa_lowrank(xp, weight, r, scaling, niter, Random(seed, xp=xp))
+        if is_quantized(base):
+            state = base.quant_state
+            packed, new_state = quantize_4bit(residual, blocksize=state.blocksize, quant_type=state.quant_type,
+                                              double_quant=state.nested)
+            layer.base_layer = Linear4bit(packed, new_state, bias)
+        else:
+            base.weight.data = xp.astype(residual, base.weight.dtype)
+    layer.put_factors(name, lora_A=xp.astype(a, layer.dtype), lora_B=xp.astype(b, layer.dtype))

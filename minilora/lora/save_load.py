@@ -194,7 +194,7 @@ def expected_shapes(base: Module, config) -> dict:
         raise AdapterLoadError(f"the adapter does not fit this model: {exc}") from None
     out = {}
     for path, module in targets:
-        for suffix, shape in adapter_shapes(module, config.rank_for(path)).items():
+        for suffix, shape in adapter_shapes(module, config.rank_for(path), getattr(config, "use_dora", False)).items():
             out[f"{PREFIX}{path}.{suffix}"] = shape
         inner = module.base_layer if isinstance(module, LoRALayer) else module
         bias = getattr(inner, "bias", None)
