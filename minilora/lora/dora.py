@@ -20,7 +20,7 @@ same factor (kept from the merge) and subtracts s B A.
 from __future__ import annotations
 
 from .. import functional as F, ops
-from ..nn import Module, Parameter
+from ..nn import Parameter
 from ..tensor import Tensor
 
 MAGNITUDE_KEY = "lora_magnitude_vector"  # PEFT's module name; files store <path>.lora_magnitude_vector
@@ -32,20 +32,11 @@ def weight_norm(xp, weight, delta):
     return xp.sqrt(xp.sum(w * w, axis=1))
 
 
-class DoraMagnitude(Module):
-    """The magnitude vector m (d_out,) of one DoRA adapter, at ``lora_magnitude_vector.<name>.weight``."""
-
-    def __init__(self, norm):
-        self.weight = Parameter(norm)
-
-    def factor(self, norm) -> Tensor:
-        """m / n as a Tensor (d_out,), differentiable in m only (n is a plain array: detached)."""
-        return ops.div(self.weight, norm)
-
-    def increment(self, base_out: Tensor, lora_out: Tensor, norm, scaling: float) -> Tensor:
-        """(m/n - 1) * base_out + (m/n) * s * lora_out; base_out = x W0^T (no bias), lora_out = x A^T B^T."""
-        factor = self.factor(norm)  # (d_out,), broadcast over (..., d_out)
-        return (factor - 1.0) * base_out + factor * lora_out * scaling
+def dora_increment(base_out: Tensor, lora_out: Tensor, magnitude: Tensor, norm, scaling: float) -> Tensor:
+    """(m/n - 1) * base_out + (m/n) * s * lora_out, all (..., d_out); m (d_out,) a Tensor, n (d_out,) a
+    plain array (so no gradient reaches it). base_out = x W0^T (no bias), lora_out = x A^T B^T."""
+    factor = ops.div(magnitude, norm)  # (d_out,), broadcast over the rows
+    return (factor - 1.0) * base_out + factor * lora_out * scaling
 
 
 def merged_weight(xp, weight, delta, magnitude, norm):
@@ -94,9 +85,7 @@ def increment(layer, name: str, x: Tensor, y: Tensor) -> Tensor:
         h = F.dropout(x, p, layer.rng, training=True)
         base_out = F.linear(h, Tensor(weight))
     lora_out = F.linear(F.linear(h, a), b)  # (..., d_out)
-    magnitude = getattr(layer, MAGNITUDE_KEY)[name]
-    factor = ops.div(magnitude, norm)  # (d_out,)
-    return (factor - 1.0) * base_out + factor * lora_out * scaling
+    return dora_increment(base_out, lora_out, getattr(layer, MAGNITUDE_KEY)[name], norm, scaling)
 
 
 def merge_step(layer, name: str, weight, unmerged):
