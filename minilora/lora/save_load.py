@@ -89,10 +89,14 @@ def adapter_state_dict(lora_model: LoraModel, adapter_name: str = "default") -> 
             for k, p in adapter_parameters(lora_model, adapter_name).items()}
 
 
-def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
+def save_adapter(lora_model: LoraModel, directory, adapter_name=None,
+                 path_initial_model_for_weight_conversion=None) -> list:
     """Write adapters to ``directory`` in PEFT's layout; returns the folders written.
 
     adapter_name: None = every adapter, a name or a list of names otherwise.
+    path_initial_model_for_weight_conversion: the folder a PiSSA/OLoRA adapter was saved to right
+    after its initialization; the adapter is then written as the equivalent rank-2r LoRA adapter for
+    the untouched base (init_conversion.py), as PEFT does.
     """
     if not isinstance(lora_model, LoraModel):
         raise ValueError(f"save_adapter: expected a LoraModel, got {type(lora_model).__name__}")
@@ -100,17 +104,24 @@ def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
         [adapter_name] if isinstance(adapter_name, str) else list(adapter_name))
     for name in names:  # every name is checked before anything is written
         _safe_name(name)
+    converted = {}
+    if path_initial_model_for_weight_conversion is not None:  # every conversion is checked before any write
+        from .init_conversion import converted_adapter
+        for name in names:
+            converted[name] = converted_adapter(lora_model.peft_config[name], adapter_state_dict(lora_model, name),
+                                                path_initial_model_for_weight_conversion)
     written = []
     for name in names:
         if getattr(lora_model.peft_config[name], "peft_type", "LORA") == "ADALORA":
             from .adalora.save_load import save_adalora_adapter  # sliced to the kept ranks, with rank_pattern
             written.append(save_adalora_adapter(lora_model, directory, name))
             continue
-        written.append(write_adapter_folder(lora_model, directory, name, adapter_state_dict(lora_model, name)))
+        config, tensors = converted.get(name) or (lora_model.peft_config[name], adapter_state_dict(lora_model, name))
+        written.append(write_adapter_folder(lora_model, directory, name, tensors, config))
     return written
 
 
-def write_adapter_folder(lora_model, directory, name: str, tensors: dict) -> str:
+def write_adapter_folder(lora_model, directory, name: str, tensors: dict, config=None) -> str:
     """Write ``tensors`` and adapter ``name``'s config as PEFT does, each file atomically; returns the folder.
 
     The folder is ``directory`` for "default" and ``directory/<name>`` otherwise; the JSON is sorted,
@@ -120,7 +131,7 @@ def write_adapter_folder(lora_model, directory, name: str, tensors: dict) -> str
     os.makedirs(folder, exist_ok=True)
     from safetensors.numpy import save as safetensors_bytes
     _atomic_write(os.path.join(folder, WEIGHTS_NAME), safetensors_bytes(tensors, metadata={"format": "pt"}))
-    config = lora_model.peft_config[name].to_dict()
+    config = (lora_model.peft_config[name] if config is None else config).to_dict()
     config["inference_mode"] = True
     if config.get("base_model_name_or_path") is None:
         config["base_model_name_or_path"] = getattr(lora_model.model, "name_or_path", None)
