@@ -159,14 +159,3 @@ def test_model_files_hold_pefts_magnitude_key_and_round_trip(tmp_path):
     assert "base_model.model.q_proj.lora_magnitude_vector" in keys and len(keys) == 6
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "model.q_proj.lora_magnitude_vector.default" in trainable
-
-
-def test_dora_on_an_embedding_is_refused_before_any_change():
-    class WithEmbedding(nn.Module):
-        def __init__(self):
-            self.embed = nn.Embedding(5, 4, dtype="float64", rng=backend.Random(0))
-            self.proj = nn.Linear(4, 4, dtype="float64", rng=backend.Random(1))
-    model = WithEmbedding()
-    with pytest.raises(ValueError, match="use_dora applies to Linear layers only.*embed"):
-        get_lora_model(model, LoraConfig(target_modules=["embed", "proj"], use_dora=True))
-    assert isinstance(model.proj, nn.Linear)

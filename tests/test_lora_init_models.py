@@ -113,12 +113,14 @@ def test_conversion_refuses_dora_and_mismatched_initial_folders_before_writing(t
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_weight_aware_inits_refuse_embeddings_before_changing_the_model():
+@pytest.mark.parametrize("options,named", [(dict(init_lora_weights="olora"), "init_lora_weights='olora'"),
+                                           (dict(use_dora=True), "use_dora")])
+def test_dora_and_weight_aware_inits_refuse_embeddings_before_changing_the_model(options, named):
     class WithEmbedding(nn.Module):
         def __init__(self):
             self.embed = nn.Embedding(5, 4, dtype="float64", rng=backend.Random(0))
             self.proj = nn.Linear(4, 4, dtype="float64", rng=backend.Random(1))
     model = WithEmbedding()
-    with pytest.raises(ConfigError, match="init_lora_weights='olora' applies to Linear layers only"):
-        get_lora_model(model, LoraConfig(r=2, target_modules=["embed", "proj"], init_lora_weights="olora"))
+    with pytest.raises(ConfigError, match=f"{named} applies to Linear layers only.*embed"):
+        get_lora_model(model, LoraConfig(r=2, target_modules=["embed", "proj"], **options))
     assert isinstance(model.proj, nn.Linear)
