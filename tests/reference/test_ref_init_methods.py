@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
+from test_ref_lora import IDS, TorchToyLM, ToyLM, torch_out
 
 from minilora import backend
+from minilora.lora import LoraConfig, get_lora_model, load_adapter, save_adapter
 from minilora.lora import init_methods as im
 
 D_OUT, D_IN, R, ALPHA = 24, 16, 4, 8  # scaling 2.0
@@ -85,3 +87,47 @@ def test_both_keep_base_plus_adapter_equal_to_the_weight(init):
     w = structured_weight(3)
     ta, tb, tres = peft_init(w, init)
     np.testing.assert_allclose(tres + (ALPHA / R) * tb @ ta, w, atol=1e-5)
+
+
+# ---------------------------------------------------------------- models, and the conversion both ways
+def nudge(shape):
+    return 0.05 * np.cos(np.arange(int(np.prod(shape))).reshape(tuple(shape)))
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_minilora_converted_adapter_loads_in_peft_on_the_untouched_base(init, tmp_path):
+    model = get_lora_model(ToyLM(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                               init_lora_weights=init, task_type=None), seed=1)
+    save_adapter(model, tmp_path / "initial")
+    for p in (p for _, p in model.named_parameters() if p.requires_grad):
+        p.data = p.data + nudge(p.shape)
+    save_adapter(model, tmp_path / "lora", path_initial_model_for_weight_conversion=tmp_path / "initial")
+    peft_model = PeftModel.from_pretrained(TorchToyLM(ToyLM()), tmp_path / "lora")
+    np.testing.assert_allclose(torch_out(peft_model), model(IDS).numpy(), atol=1e-6)
+
+
+def toy32():
+    """The toy in float32: PEFT refuses PiSSA on float64 weights."""
+    model = ToyLM()
+    for _, p in model.named_parameters():
+        p.data = p.data.astype(np.float32)
+    return model
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_peft_adapters_load_in_minilora_as_saved_and_converted(init, tmp_path):
+    peft_model = get_peft_model(TorchToyLM(ToyLM()).float(), PeftLoraConfig(r=2, lora_alpha=4, init_lora_weights=init,
+                                                                     target_modules=["q_proj", "v_proj"]))
+    peft_model.peft_config["default"].init_lora_weights = True  # PEFT's recipe for the initial folder
+    peft_model.save_pretrained(tmp_path / "initial")
+    peft_model.peft_config["default"].init_lora_weights = init
+    with torch.no_grad():
+        for p in (p for p in peft_model.parameters() if p.requires_grad):
+            p.add_(torch.from_numpy(nudge(p.shape)).to(p.dtype))
+    expected = torch_out(peft_model)
+    peft_model.save_pretrained(tmp_path / "as_saved")  # minilora re-runs the init on its fresh base
+    np.testing.assert_allclose(load_adapter(toy32(), tmp_path / "as_saved")(IDS).numpy(), expected, atol=1e-5)
+    peft_model.save_pretrained(tmp_path / "lora", path_initial_model_for_weight_conversion=str(tmp_path / "initial"))
+    loaded = load_adapter(toy32(), tmp_path / "lora")
+    assert loaded.peft_config["default"].r == 4 and loaded.peft_config["default"].init_lora_weights is True
+    np.testing.assert_allclose(loaded(IDS).numpy(), expected, atol=1e-5)
