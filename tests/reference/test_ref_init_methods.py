@@ -131,3 +131,31 @@ def test_peft_adapters_load_in_minilora_as_saved_and_converted(init, tmp_path):
     loaded = load_adapter(toy32(), tmp_path / "lora")
     assert loaded.peft_config["default"].r == 4 and loaded.peft_config["default"].init_lora_weights is True
     np.testing.assert_allclose(loaded(IDS).numpy(), expected, atol=1e-5)
+
+
+def peft_loftq_on_cpu():
+    """PEFT's loftq_init runs on "cuda" (or "xpu") only; the same source with the device set to "cpu"."""
+    import inspect
+    import peft.utils.loftq_utils as loftq_utils
+    source = inspect.getsource(loftq_utils.loftq_init).replace('"xpu" if is_xpu_available() else "cuda"', '"cpu"')
+    assert '"cpu"' in source
+    namespace = dict(vars(loftq_utils))
+    exec(compile(source.replace("@torch.no_grad()\n", ""), "peft_loftq_cpu", "exec"), namespace)
+    return namespace["loftq_init"]
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_loftq_matches_pefts_algorithm(iters):
+    """Same NF4 bytes (minilora's quantizer equals bitsandbytes'), same SVD: the same Q and s B A (s = 1)."""
+    from minilora.quant.quantize import dequantize_4bit, quantize_4bit
+    rng = np.random.default_rng(iters)
+    w = (0.02 * rng.standard_normal((64, 128)) + 0.05 * rng.standard_normal((64, 4)) @ rng.standard_normal((4, 128)))
+    w = w.astype(np.float32)
+    their_q, their_a, their_b = peft_loftq_on_cpu()(torch.from_numpy(w), num_bits=4, reduced_rank=4, num_iter=iters)
+
+    def quantize(x):
+        packed, state = quantize_4bit(x, blocksize=64, double_quant=False)
+        return dequantize_4bit(packed, state), None
+    _, q, a, b = im.loftq(np, w, 4, 1.0, iters, quantize)
+    np.testing.assert_allclose(q, their_q.numpy(), atol=1e-6)
+    np.testing.assert_allclose(b @ a, (their_b @ their_a).numpy(), atol=1e-5)
