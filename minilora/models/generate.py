@@ -36,13 +36,14 @@ def next_token(logits, temperature: float = 0.0, top_k: int | None = None, rng=N
 
 
 def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                    rng=None, eos_token_id: int | None = None, use_cache: bool = True):
+                    rng=None, eos_token_id: int | None = None, use_cache: bool = True, adapter_names=None):
     """Yield the new tokens of each step as host int64 arrays (B,); stops early when every row has emitted eos.
 
     A row that has emitted eos keeps producing tokens until all rows have; callers cut each row at eos.
 
     prompt_ids (T0,) or (B, T0). use_cache=False recomputes the whole prefix each step (the reference
-    the cached path is tested against).
+    the cached path is tested against). adapter_names: one LoRA adapter per row (a LoraModel's
+    mixed-adapter batch, "__base__" for none), passed to every forward.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -58,11 +59,12 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
     was_training = model.training
     model.eval()
     done = np.zeros(ids.shape[0], dtype=bool)
+    per_row = {} if adapter_names is None else {"adapter_names": adapter_names}
     try:
         with no_grad():
             feed = ids
             for _ in range(max_new_tokens):
-                logits = model(feed, cache=cache).data[:, -1, :]  # (B, V)
+                logits = model(feed, cache=cache, **per_row).data[:, -1, :]  # (B, V)
                 token = next_token(logits, temperature, top_k, rng)  # (B,)
                 host = backend.to_numpy(token).astype(np.int64)
                 yield host
@@ -77,10 +79,11 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
 
 
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-             rng=None, eos_token_id: int | None = None, callback=None, use_cache: bool = True):
+             rng=None, eos_token_id: int | None = None, callback=None, use_cache: bool = True, adapter_names=None):
     """Prompt followed by the generated tokens, as a host int64 array shaped like prompt_ids plus new steps.
 
-    callback(step, tokens (B,)) is called after each new token (streaming output).
+    callback(step, tokens (B,)) is called after each new token (streaming output). adapter_names: one
+    adapter per prompt row (see stream_generate).
     """
     if isinstance(prompt_ids, Tensor):
         prompt_ids = prompt_ids.data
@@ -88,7 +91,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
                         else prompt_ids, dtype=np.int64)
     rows = [_as_2d_host(prompt)]
     for step, token in enumerate(stream_generate(model, prompt_ids, max_new_tokens, temperature, top_k,
-                                                 rng, eos_token_id, use_cache)):
+                                                 rng, eos_token_id, use_cache, adapter_names)):
         if callback is not None:
             callback(step, token)
         rows.append(token[:, None])
