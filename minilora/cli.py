@@ -128,6 +128,8 @@ def _add_finetune(sub) -> None:
     add("--dropout", type=float, default=d.dropout)
     add("--targets", default=d.targets, help="comma-separated module names, or all-linear")
     add("--rslora", action="store_true", help="scaling alpha / sqrt(r)")
+    add("--dora", action="store_true", help="DoRA: weight-decomposed LoRA (lora, qlora)")
+    add("--init", default=d.init, help="adapter init: default, gaussian, pissa, pissa_niter_K, olora, loftq (qlora)")
     add("--loraplus-ratio", dest="loraplus_ratio", type=float, default=None, help="LoRA+: lr_B / lr_A")
     add("--steps", type=int, default=d.steps)
     add("--batch-size", dest="batch_size", type=int, default=d.batch_size)

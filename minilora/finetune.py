@@ -41,7 +41,9 @@ def adapt(model, cfg: FinetuneConfig):
     from .lora import LoraConfig, get_lora_model
     if cfg.method == "qlora":
         from .quant import quantize_model
-        quantize_model(model, quant_type=cfg.quant_type)
+        targets = cfg.target_list()  # LoftQ quantizes its targets itself, from the float weights
+        skip = ("lm_head",) if cfg.init != "loftq" else (".*" if targets == "all-linear" else ("lm_head", *targets))
+        quantize_model(model, quant_type=cfg.quant_type, skip=skip)
     if cfg.method == "adalora":
         from .lora.adalora import AdaLoraConfig
         config = AdaLoraConfig(init_r=cfg.r, target_r=cfg.target_r, total_step=cfg.steps, lora_alpha=cfg.alpha,
@@ -49,7 +51,8 @@ def adapt(model, cfg: FinetuneConfig):
                                tinit=max(cfg.steps // 10, 0), tfinal=max(cfg.steps // 5, 0), deltaT=1)
     else:
         config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                            target_modules=cfg.target_list(), use_rslora=cfg.rslora)
+                            target_modules=cfg.target_list(), use_rslora=cfg.rslora, use_dora=cfg.dora,
+                            init_lora_weights=cfg.lora_init())
     model = get_lora_model(model, config, seed=cfg.seed)
     if cfg.grad_checkpoint:
         model.gradient_checkpointing = True
