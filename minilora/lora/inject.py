@@ -16,7 +16,8 @@ from ..errors import ConfigError
 from ..nn import Embedding, Linear, Module
 from .config import ALL_LINEAR
 from .init_methods import WEIGHT_AWARE, parse_init
-from .layers import AdapterDict, LoRAEmbedding, LoRALayer, LoRALinear, check_adapter_name
+from .embedding import LoRAEmbedding
+from .layers import AdapterDict, LoRALayer, LoRALinear, check_adapter_name
 
 
 class ModulesToSaveWrapper(Module):
