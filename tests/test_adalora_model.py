@@ -84,6 +84,10 @@ def test_config_validation_names_the_field():
         AdaLoraConfig(target_modules=["q_proj"], total_step=10, init_r=2, target_r=3)
     with pytest.raises(ValueError, match="beta1"):
         AdaLoraConfig(target_modules=["q_proj"], total_step=10, beta1=1.0)
+    with pytest.raises(ValueError, match="AdaLoraConfig.use_dora"):  # DoRA is a LoRA variant only (as in PEFT)
+        AdaLoraConfig(target_modules=["q_proj"], total_step=10, use_dora=True)
+    with pytest.raises(ValueError, match="AdaLoraConfig.init_lora_weights"):
+        AdaLoraConfig(target_modules=["q_proj"], total_step=10, init_lora_weights="pissa")
     with pytest.warns(UserWarning, match="init_r"):
         AdaLoraConfig(target_modules=["q_proj"], total_step=10, r=4)
     config = AdaLoraConfig(target_modules=["q_proj"], total_step=10)

@@ -87,3 +87,9 @@ def test_refused_while_merged_and_with_bad_names():
     with no_grad():
         model(ids, adapter_names=["default", "__base__"])
     assert all(getattr(m, "row_adapters", None) is None for m in model.modules())  # nothing left behind
+
+
+def test_disabled_adapters_win_over_adapter_names():
+    ids = np.random.default_rng(2).integers(0, 37, (2, 4))
+    with no_grad(), MODEL.disable_adapter():
+        np.testing.assert_array_equal(MODEL(ids, adapter_names=["dora", "emb"]).numpy(), MODEL(ids).numpy())

@@ -306,7 +306,7 @@ class LoRALayer(Module):
     def adapter_plan(self) -> list:
         """[(adapter, rows)] this forward adds: the active unmerged adapters with rows None (every row),
         or, inside ``mixed_batch`` (mixed_batch.py), each named adapter with the mask of its rows."""
-        if self.row_adapters is None:
+        if self.row_adapters is None or self.adapters_disabled:
             return [(name, None) for name in self._active_unmerged()]
         return row_masks(self, self.row_adapters)
 
