@@ -87,7 +87,7 @@ def loftq_error(xp, w, r, scaling, iters):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loftq_beats_plain_quantization_and_improves_with_iterations(seed):
-    xp = backend.get_namespace("numpy")
+    xp = backend.namespace_named("numpy")
     w = weight(xp, 64, 96, seed=seed, structured=True)
     plain = np.linalg.norm(host(w) - host(nf4_roundtrip(w)[0]))
     one, five = loftq_error(xp, w, 8, 2.0, 1), loftq_error(xp, w, 8, 2.0, 5)
@@ -102,7 +102,7 @@ def test_loftq_payload_dequantizes_to_the_returned_base(xp):
 
 def test_loftq_with_scaling_puts_the_same_product_in_place():
     """s B A is the same rank-r correction whatever s is (PEFT's factors are recovered at s = 1)."""
-    xp = backend.get_namespace("numpy")
+    xp = backend.namespace_named("numpy")
     w = weight(xp, 16, 64, seed=6, structured=True)
     _, _, a1, b1 = im.loftq(xp, w, 3, 1.0, 1, nf4_roundtrip)
     _, _, a4, b4 = im.loftq(xp, w, 3, 4.0, 1, nf4_roundtrip)
@@ -131,6 +131,6 @@ def test_loftq_config_is_checked(config, match):
 
 
 def test_rank_above_the_weight_is_refused():
-    xp = backend.get_namespace("numpy")
+    xp = backend.namespace_named("numpy")
     with pytest.raises(ConfigError, match="r <= min"):
         im.pissa(xp, weight(xp, 4, 3), 4, 1.0)

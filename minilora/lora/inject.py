@@ -147,13 +147,6 @@ def lora_layer_class(module) -> type:
     return LoRAEmbedding if is_embedding_like(module) and not is_linear_like(module) else LoRALinear
 
 
-def adapter_shapes(module, r: int, use_dora: bool = False) -> dict:
-    """{parameter suffix: shape} of one adapter of rank r on ``module`` (PEFT's saved suffixes)."""
-    if use_dora:
-        return lora_layer_class(module).adapter_shapes(module, r, use_dora=True)
-    return lora_layer_class(module).adapter_shapes(module, r)
-
-
 def check_layer_kinds(targets, config) -> None:
     """A layer holds adapters of one method: refuse, before anything changes, targets that are LoRA
     layers of another method than ``config``'s (an SVDLinear cannot take a plain LoRA adapter)."""
@@ -167,12 +160,15 @@ def check_layer_kinds(targets, config) -> None:
 
 def variant_options(config) -> dict:
     """The LoRALinear-only keywords of update_layer that ``config`` sets (none for a plain adapter)."""
-    options = {}
-    if getattr(config, "use_dora", False):
-        options["use_dora"] = True
+    options = shape_options(config)
     if getattr(config, "init_lora_weights", None) == "loftq":
         options["loftq_config"] = config.loftq_config
     return options
+
+
+def shape_options(config) -> dict:
+    """The keywords of adapter_shapes that ``config`` sets: use_dora adds the magnitude vector."""
+    return {"use_dora": True} if getattr(config, "use_dora", False) else {}
 
 
 def check_variant_targets(targets, config) -> None:
