@@ -80,28 +80,34 @@ def main(argv=None):
     float_loss = eval_loss(base, [encode_example(tok, q, c, 63) for q, c in eval_set], tok.pad_token_id)
     print(f"float base, eval loss on the descending task before any adapter: {float_loss:.4f}")
     runs = []
-    for variant in args.variants.split(","):
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: a partial run still compares every variant
+        for variant in args.variants.split(","):
             curve = finetune(base, variant, seed, args.steps, args.every, args.lr, tok, train_set, eval_set)
             runs.append({"variant": variant, "seed": seed, "initial_eval_loss": curve[0][1],
                          "final_eval_loss": curve[-1][1], "curve": curve})
             print(f"{variant:>13} seed {seed}: eval loss at step 0 {curve[0][1]:.4f} "
                   f"(gap to float {curve[0][1] - float_loss:+.4f}), after {args.steps} steps {curve[-1][1]:.4f}",
                   flush=True)
+            report(args, float_loss, runs, load_before, tic, complete=False)  # partial results survive a kill
+    report(args, float_loss, runs, load_before, tic, complete=True)
+
+
+def report(args, float_loss, runs, load_before, tic, complete):
     summary = []
-    for variant in args.variants.split(","):
+    for variant in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == variant]
         summary.append({"variant": variant, "seeds": len(mine),
                         "median_abs_gap_to_float_at_0": median([abs(r["initial_eval_loss"] - float_loss) for r in mine]),
                         "median_final_eval_loss": median([r["final_eval_loss"] for r in mine]),
                         "min_final": min(r["final_eval_loss"] for r in mine),
                         "max_final": max(r["final_eval_loss"] for r in mine)})
-    print(table(summary, list(summary[0])))
     load = {"before": load_before, "after": os.getloadavg()}
-    print(f"load average before {load_before}, after {load['after']}")
-    write_json(args.json, {"machine": machine(), "args": vars(args), "float_base_eval_loss": float_loss,
-                           "summary": summary, "runs": runs, "load_average": load,
-                           "seconds": time.perf_counter() - tic})
+    if complete:
+        print(table(summary, list(summary[0])))
+        print(f"load average before {load_before}, after {load['after']}")
+    write_json(args.json, {"machine": machine(), "args": vars(args), "complete": complete,
+                           "float_base_eval_loss": float_loss, "summary": summary, "runs": runs,
+                           "load_average": load, "seconds": time.perf_counter() - tic})
 
 
 if __name__ == "__main__":
