@@ -4,7 +4,9 @@
 get_lora_model). The training loop (minilora.train) adds ``regularization_loss()`` to the loss and
 calls ``update_and_allocate(step)`` after optimizer.step() and before zero_grad(), so the ranks are
 pruned without any user code. Only one AdaLoRA adapter may train at a time (inference_mode=False);
-others are frozen (PEFT's rule).
+others are frozen (PEFT's rule). For adapter files it overrides LoraModel's adapter_state_dict,
+expected_adapter_shapes and load_adapter_state_dict, which slice and resize the triplets to the
+rank pattern as PEFT does; lora/save_load.py writes and reads the files.
 """
 from __future__ import annotations
 
