@@ -166,6 +166,8 @@ def _add_finetune(sub) -> None:
     add("--dropout", type=float)
     add("--targets", help="comma-separated module names, or all-linear")
     add("--rslora", action="store_true", help="scaling alpha / sqrt(r)")
+    add("--dora", action="store_true", help="DoRA: weight-decomposed LoRA (lora, qlora)")
+    add("--init", help="adapter init: default, gaussian, pissa, pissa_niter_K, olora, loftq (qlora)")
     add("--loraplus-ratio", dest="loraplus_ratio", type=float, help="LoRA+: lr_B / lr_A")
     add("--steps", type=int, help=f"optimizer steps (default: {DEFAULT_STEPS}; or give --epochs)")
     add("--epochs", type=float, help="passes over the training set, instead of --steps")

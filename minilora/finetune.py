@@ -36,7 +36,9 @@ from .train import History, TrainConfig, TrainingStopped, train
 def load_model_and_tokenizer(cfg: FinetuneConfig):
     """(model, tokenizer) for cfg.model (see model_and_tokenizer); QLoRA loads straight into 4 bits, one
     tensor at a time, so the float32 model never exists whole."""
-    quantize = QuantSpec(cfg.quant_type) if cfg.method == "qlora" and cfg.model != "tiny" else None
+    # LoftQ needs its targets' float weights: it quantizes them itself (adapt)
+    quantize = (QuantSpec(cfg.quant_type) if cfg.method == "qlora" and cfg.model != "tiny" and cfg.init != "loftq"
+                else None)
     return model_and_tokenizer(cfg.model, cfg.seed, quantize=quantize)
 
 
@@ -56,14 +58,17 @@ def adapt(model, cfg: FinetuneConfig, steps: int | None = None):
     (AdaLoRA's budget schedule; default cfg.total_steps())."""
     steps = cfg.total_steps() if steps is None else steps
     if cfg.method == "qlora":
-        quantize_model(model, quant_type=cfg.quant_type)
+        targets = cfg.target_list()  # LoftQ quantizes its targets itself, from the float weights
+        skip = ("lm_head",) if cfg.init != "loftq" else (".*" if targets == "all-linear" else ("lm_head", *targets))
+        quantize_model(model, quant_type=cfg.quant_type, skip=skip)
     if cfg.method == "adalora":
         config = AdaLoraConfig(init_r=cfg.r, target_r=cfg.target_r, total_step=steps, lora_alpha=cfg.alpha,
                                lora_dropout=cfg.dropout, target_modules=cfg.target_list(),
                                tinit=max(steps // 10, 0), tfinal=max(steps // 5, 0), deltaT=1)
     else:
         config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                            target_modules=cfg.target_list(), use_rslora=cfg.rslora)
+                            target_modules=cfg.target_list(), use_rslora=cfg.rslora, use_dora=cfg.dora,
+                            init_lora_weights=cfg.lora_init())
     model = get_lora_model(model, config, seed=cfg.seed)
     if cfg.grad_checkpoint:
         model.gradient_checkpointing = True

@@ -37,6 +37,8 @@ class FinetuneConfig:
     dropout: float = 0.0
     targets: str = "q_proj,v_proj"   # comma-separated module names, or "all-linear"
     rslora: bool = False
+    dora: bool = False               # DoRA (lora, qlora): a magnitude per output row
+    init: str = "default"            # adapter init: default | gaussian | pissa | pissa_niter_K | olora | loftq (qlora)
     loraplus_ratio: float | None = None
     steps: int | None = None         # optimizer steps (default 60); or give epochs instead
     epochs: float | None = None      # passes over the training set: steps = ceil(epochs * n / (batch * accumulation))
@@ -74,7 +76,7 @@ class FinetuneConfig:
         for name in ("model", "data", "method", "targets", "backend", "out", "quant_type", "optimizer", "lr_schedule"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        for name in ("rslora", "grad_checkpoint", "resume", "progress", "mask_prompt", "test"):
+        for name in ("rslora", "dora", "grad_checkpoint", "resume", "progress", "mask_prompt", "test"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -126,6 +128,7 @@ class FinetuneConfig:
             raise ConfigError(f"target_r ({self.target_r}) must not exceed r ({self.r}) for AdaLoRA")
         if self.quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"quant_type must be nf4 or fp4, got {self.quant_type!r}")
+        self._validate_variant()
         targets = self.target_list()
         if not targets:
             raise ConfigError("targets is empty: give module names such as q_proj,v_proj or all-linear")
@@ -141,6 +144,24 @@ class FinetuneConfig:
                               "use --backend numpy")
         self._validate_sources()
         return self
+
+    def lora_init(self):
+        """init as LoraConfig.init_lora_weights ("default" is True, PEFT's default)."""
+        return True if self.init == "default" else self.init
+
+    def _validate_variant(self):
+        from .lora.init_methods import parse_init
+        if not isinstance(self.init, str) or self.init in ("True", "False"):
+            raise ConfigError(f"init must be default, gaussian, pissa, pissa_niter_K, olora or loftq, got {self.init!r}")
+        try:
+            parse_init(self.lora_init())
+        except ConfigError:
+            raise ConfigError(f"init must be default, gaussian, pissa, pissa_niter_K, olora or loftq, got "
+                              f"{self.init!r}") from None
+        if self.method == "adalora" and (self.dora or self.init != "default"):
+            raise ConfigError("--dora and --init apply to --method lora or qlora, not adalora")
+        if self.init == "loftq" and (self.method != "qlora" or self.quant_type != "nf4"):
+            raise ConfigError("init loftq initializes for an NF4 base: use it with --method qlora --quant-type nf4")
 
     def _validate_sources(self):
         if self.data not in TASKS:

@@ -83,6 +83,10 @@ def test_config_validation_names_the_field():
         AdaLoraConfig(target_modules=["q_proj"], total_step=10, init_r=2, target_r=3)
     with pytest.raises(ValueError, match="beta1"):
         AdaLoraConfig(target_modules=["q_proj"], total_step=10, beta1=1.0)
+    with pytest.raises(ValueError, match="AdaLoraConfig.use_dora"):  # DoRA is a LoRA variant only (as in PEFT)
+        AdaLoraConfig(target_modules=["q_proj"], total_step=10, use_dora=True)
+    with pytest.raises(ValueError, match="AdaLoraConfig.init_lora_weights"):
+        AdaLoraConfig(target_modules=["q_proj"], total_step=10, init_lora_weights="pissa")
     with pytest.warns(UserWarning, match="init_r"):
         AdaLoraConfig(target_modules=["q_proj"], total_step=10, r=4)
     config = AdaLoraConfig(target_modules=["q_proj"], total_step=10)
@@ -211,5 +215,6 @@ def test_svd_update_layer_takes_the_lora_signature_with_keyword_only_extras():
     import inspect
     from minilora.lora import LoRALinear
     lora, svd = (inspect.signature(c.update_layer).parameters for c in (LoRALinear, SVDLinear))
-    assert list(svd)[:len(lora)] == list(lora)
-    assert all(svd[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(svd)[len(lora):])
+    positional = [n for n, p in lora.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]  # DoRA/LoftQ's are
+    assert list(svd)[:len(positional)] == positional
+    assert all(svd[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(svd)[len(positional):])

@@ -21,9 +21,9 @@ def test_peft_defaults():
 @pytest.mark.parametrize("field,value", [
     ("r", 0), ("r", -2), ("r", 2.5), ("r", True), ("lora_alpha", 0), ("lora_alpha", -1.0),
     ("lora_alpha", float("inf")), ("lora_dropout", 1.0), ("lora_dropout", -0.1), ("lora_dropout", "0.1"),
-    ("bias", "some"), ("init_lora_weights", "pissa"), ("target_modules", []), ("target_modules", [3]),
+    ("bias", "some"), ("init_lora_weights", "pissa_niter_x"), ("init_lora_weights", "loftq "), ("target_modules", []), ("target_modules", [3]),
     ("target_modules", "q_proj("), ("rank_pattern", {"q": 0}), ("alpha_pattern", {"q": -1}),
-    ("layers_to_transform", [-1]), ("modules_to_save", "lm_head"), ("use_dora", True), ("fan_in_fan_out", True),
+    ("layers_to_transform", [-1]), ("modules_to_save", "lm_head"), ("use_dora", "yes"), ("loftq_config", [2]), ("fan_in_fan_out", True),
 ])
 def test_invalid_values_name_field_and_value(field, value):
     with pytest.raises(ValueError, match=f"LoraConfig.{field}") as err:
@@ -61,8 +61,8 @@ def test_json_form_round_trips_and_unknown_keys_warn():
     d = c.to_dict()
     assert d["peft_type"] == "LORA" and d["target_modules"] == ["q_proj", "v_proj"]
     assert config_from_dict(d) == c
-    d["loftq_config"] = {"loftq_bits": 4}
-    with pytest.warns(UserWarning, match="loftq_config"):
+    d["eva_config"] = {"rho": 2.0}
+    with pytest.warns(UserWarning, match="eva_config"):
         assert config_from_dict(d) == c
     with pytest.raises(ValueError, match="peft_type"):
         config_from_dict({**d, "peft_type": "PREFIX_TUNING"})
@@ -84,3 +84,13 @@ def test_peft_written_defaults_load_without_warnings():
     assert c.r == 3
     with pytest.warns(UserWarning, match="use_qalora"):
         config_from_dict({**c.to_dict(), "use_qalora": True})
+
+
+def test_weight_aware_inits_and_dora_are_accepted():
+    assert LoraConfig(init_lora_weights="pissa_niter_4").init_lora_weights == "pissa_niter_4"
+    assert LoraConfig(init_lora_weights="olora", use_dora=True).use_dora is True
+    c = LoraConfig(init_lora_weights="loftq", loftq_config={"loftq_iter": 3})
+    assert c.loftq_config == {"loftq_bits": 4, "loftq_iter": 3}  # PEFT's LoftQConfig names, defaults filled
+    assert LoraConfig.from_dict(c.to_dict()).loftq_config == c.loftq_config
+    with pytest.raises(ValueError, match="LoraConfig.loftq_config.loftq_bits"):
+        LoraConfig(init_lora_weights="loftq", loftq_config={"loftq_bits": 2})

@@ -1,7 +1,8 @@
 """LoRA: low-rank adapters around frozen layers, injection, merging, several adapters, PEFT files."""
 from .config import CONFIG_CLASSES, LoraConfig, config_from_dict, lora_scaling
 from .inject import ModulesToSaveWrapper, find_targets, inject_adapter, lora_layers
-from .layers import AdapterDict, LoRAEmbedding, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name, is_quantized
+from .embedding import LoRAEmbedding
+from .layers import AdapterDict, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name, is_quantized
 from .model import MODEL_CLASSES, LoraModel, get_lora_model, register_model_class
 from .adapter_state import AdapterLoadError, adapter_parameters
 from .save_load import adapter_state_dict, load_adapter, read_adapter, save_adapter

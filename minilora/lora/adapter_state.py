@@ -28,7 +28,7 @@ import numpy as np
 from .. import backend
 from ..errors import MiniloraError
 from ..nn import Module
-from .inject import find_targets, lora_layer_class, lora_layers, matches, save_wrappers, walk
+from .inject import find_targets, lora_layer_class, lora_layers, matches, save_wrappers, shape_options, walk
 from .layers import LoRALayer
 
 PREFIX = "base_model.model."
@@ -87,7 +87,7 @@ def expected_shapes(base: Module, config, layer_class_for=lora_layer_class) -> d
     out = {}
     for path, module in targets:
         cls = type(module) if isinstance(module, LoRALayer) else layer_class_for(module)
-        for suffix, shape in cls.adapter_shapes(module, config.rank_for(path)).items():
+        for suffix, shape in cls.adapter_shapes(module, config.rank_for(path), **shape_options(config)).items():
             out[f"{PREFIX}{path}.{suffix}"] = shape
         inner = module.base_layer if isinstance(module, LoRALayer) else module
         bias = getattr(inner, "bias", None)

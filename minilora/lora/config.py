@@ -14,8 +14,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..errors import ConfigError
+from .init_methods import check_loftq_config, parse_init
+
 BIAS_CHOICES = ("none", "all", "lora_only")
-INIT_CHOICES = (True, False, "gaussian")
 ALL_LINEAR = "all-linear"
 
 
@@ -33,7 +35,10 @@ class LoraConfig:
     rank_pattern, alpha_pattern: {regex: r or alpha} overrides, matched against the path's suffix.
     bias: "none" | "all" (every bias trains) | "lora_only" (biases of adapted layers train).
     init_lora_weights: True: A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)), B = 0 (the adapter starts as a
-        no-op); "gaussian": A ~ N(0, std=1/r), B = 0; False: A and B both random (not a no-op).
+        no-op); "gaussian": A ~ N(0, std=1/r), B = 0; False: A and B both random (not a no-op);
+        "pissa", "pissa_niter_K", "olora", "loftq": from the base weight, which keeps the residual
+        (init_methods.py). loftq_config: {"loftq_bits": 4, "loftq_iter": T} for "loftq" (PEFT's names).
+    use_dora: DoRA (arXiv 2402.09353) on Linear layers: a magnitude vector per output row (dora.py).
     layers_to_transform: adapt only layers whose index (the number after ``layers_pattern`` in the
         path, or after any segment when that is None) is in this list.
     modules_to_save: modules (same matching as a target list) that get a trainable full copy.
@@ -54,6 +59,7 @@ class LoraConfig:
     modules_to_save: Optional[list] = None
     fan_in_fan_out: bool = False
     use_dora: bool = False
+    loftq_config: dict = field(default_factory=dict)
     lora_bias: bool = False
     task_type: Optional[str] = "CAUSAL_LM"
     base_model_name_or_path: Optional[str] = None
@@ -100,10 +106,16 @@ class LoraConfig:
                     _positive_number(f"alpha_pattern[{key!r}]", value)
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"LoraConfig.bias must be one of {BIAS_CHOICES}, got {self.bias!r}")
-        if not any(self.init_lora_weights is c or (isinstance(c, str) and self.init_lora_weights == c)
-                   for c in INIT_CHOICES):
-            raise ValueError(f"LoraConfig.init_lora_weights must be True, False or 'gaussian', "
-                             f"got {self.init_lora_weights!r}")
+        try:
+            kind, _ = parse_init(self.init_lora_weights)
+            if kind == "loftq":
+                self.loftq_config = check_loftq_config(self.loftq_config)
+        except ConfigError as exc:
+            raise ConfigError(f"LoraConfig.{exc}") from None
+        if kind != "loftq" and not isinstance(self.loftq_config, dict):  # otherwise ignored, as in PEFT
+            raise ConfigError(f"LoraConfig.loftq_config must be a dict, got {self.loftq_config!r}")
+        if not isinstance(self.use_dora, bool):
+            raise ConfigError(f"LoraConfig.use_dora must be True or False, got {self.use_dora!r}")
         if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
             self.layers_to_transform = [self.layers_to_transform]
         if self.layers_to_transform is not None and not (
@@ -116,7 +128,7 @@ class LoraConfig:
         if self.modules_to_save is not None and not (
                 isinstance(self.modules_to_save, list) and all(isinstance(m, str) and m for m in self.modules_to_save)):
             raise ValueError(f"LoraConfig.modules_to_save must be a list of module names, got {self.modules_to_save!r}")
-        for name in ("fan_in_fan_out", "use_dora", "lora_bias"):
+        for name in ("fan_in_fan_out", "lora_bias"):
             if getattr(self, name):
                 raise ValueError(f"LoraConfig.{name}=True is not supported by minilora (got {getattr(self, name)!r})")
 

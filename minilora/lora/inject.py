@@ -15,7 +15,9 @@ import zlib
 from ..errors import ConfigError
 from ..nn import Embedding, Linear, Module
 from .config import ALL_LINEAR
-from .layers import AdapterDict, LoRAEmbedding, LoRALayer, LoRALinear, check_adapter_name
+from .init_methods import WEIGHT_AWARE, parse_init
+from .embedding import LoRAEmbedding
+from .layers import AdapterDict, LoRALayer, LoRALinear, check_adapter_name
 
 
 class ModulesToSaveWrapper(Module):
@@ -156,6 +158,31 @@ def check_layer_kinds(targets, config) -> None:
                           "layers with exclude_modules")
 
 
+def variant_options(config) -> dict:
+    """The LoRALinear-only keywords of update_layer that ``config`` sets (none for a plain adapter)."""
+    options = shape_options(config)
+    if getattr(config, "init_lora_weights", None) == "loftq":
+        options["loftq_config"] = config.loftq_config
+    return options
+
+
+def shape_options(config) -> dict:
+    """The keywords of adapter_shapes that ``config`` sets: use_dora adds the magnitude vector."""
+    return {"use_dora": True} if getattr(config, "use_dora", False) else {}
+
+
+def check_variant_targets(targets, config) -> None:
+    """DoRA and the weight-aware inits act on a Linear-like weight: refuse other targets up front."""
+    kind = parse_init(getattr(config, "init_lora_weights", True))[0]
+    if not (getattr(config, "use_dora", False) or kind in WEIGHT_AWARE):
+        return
+    wrong = [f"{path} ({type(m).__name__})" for path, m in targets if lora_layer_class(m) is not LoRALinear]
+    if wrong:
+        what = "use_dora" if config.use_dora else f"init_lora_weights={config.init_lora_weights!r}"
+        raise ConfigError(f"{what} applies to Linear layers only; these targets are not: {wrong}. "
+                          "Leave them out of target_modules (or use exclude_modules)")
+
+
 def layer_seed(seed: int, path: str, what: str) -> int:
     """A reproducible per-layer seed: the same model, config and seed give the same adapters."""
     return zlib.crc32(f"{seed}/{path}/{what}".encode())
@@ -166,6 +193,7 @@ def inject_adapter(model: Module, config, adapter_name: str, seed: int = 0) -> l
     check_adapter_name(adapter_name)
     targets = find_targets(model, config)
     check_layer_kinds(targets, config)
+    check_variant_targets(targets, config)
     for path, module in targets:
         if isinstance(module, LoRALayer):
             layer = module
@@ -176,7 +204,8 @@ def inject_adapter(model: Module, config, adapter_name: str, seed: int = 0) -> l
         if adapter_name in layer.r:
             raise ValueError(f"adapter {adapter_name!r} already exists on {path}")
         layer.update_layer(adapter_name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
-                           config.init_lora_weights, config.use_rslora, seed=layer_seed(seed, path, adapter_name))
+                           config.init_lora_weights, config.use_rslora, seed=layer_seed(seed, path, adapter_name),
+                           **variant_options(config))
     add_modules_to_save(model, config, adapter_name)
     return [p for p, _ in targets]
 

@@ -9,8 +9,10 @@ two thin products (N x d_in x r, then N x r x d_out); B A (d_out x d_in) is form
 The base layer is only *called* (and asked for in_features / out_features), so the same wrapper
 serves a float ``Linear`` and a 4-bit ``Linear4bit``: that composition is QLoRA (2305.14314).
 
-LoRAEmbedding (PEFT's layout): A (r, V) = 0, B (C, r) ~ N(0, 1),
-    y = base(ids) + scaling * A^T[ids] B^T        ids (...,) -> (..., C)
+LoRAEmbedding (embedding.py) holds PEFT's embedding layout on the same LoRALayer. Variants of
+LoRALinear by composition: DoRA (dora.py: a magnitude vector, its own forward increment and merge
+step) and the weight-aware inits (init_methods.py); mixed-adapter batches (mixed_batch.py) give
+every forward a plan of (adapter, rows).
 
 One adapter's state, the same for every layer class: its tensors are one entry under its name in
 each AdapterDict attribute (``lora_A``, ``lora_B``, ...), its settings one entry in each dict named
@@ -25,11 +27,14 @@ from __future__ import annotations
 
 import math
 
-from .. import backend, functional as F, ops
+from .. import backend, functional as F
 from ..errors import UnsafePathError
 from ..nn import Module, Parameter
 from ..tensor import Tensor
+from . import dora
 from .config import lora_scaling
+from .init_methods import WEIGHT_AWARE, init_from_base, parse_init
+from .mixed_batch import row_masks, rows_only
 
 
 def check_adapter_name(name) -> str:
@@ -140,6 +145,7 @@ class LoRALayer(Module):
         for attr in self.adapter_param_names:
             setattr(self, attr, AdapterDict())
         self.active_adapters: list = []
+        self.row_adapters = None  # one adapter name per batch row, set only by mixed_batch()
         self.merged_adapters: list = []  # in merge order; unmerge pops from the end (LIFO)
         self.adapters_disabled = False
         dtype, xp = _dtype_and_xp(base)
@@ -213,10 +219,11 @@ class LoRALayer(Module):
         skipped = [n for n in names if n in self.merged_adapters]
         state = self.snapshot()
         try:
+            unmerged = self.unmerged_weight()
             for name in names:
                 if name in skipped or name not in self.r:
                     continue
-                merged = base_weight(self.base_layer) + self.delta_weight(name)
+                merged = self.merge_step(name, base_weight(self.base_layer), unmerged)
                 if safe_merge and not bool(self.xp.all(self.xp.isfinite(merged))):
                     raise ValueError(f"safe_merge: merging adapter {name!r} gives NaN or Inf weights; "
                                      "the base weight was left unchanged")
@@ -243,8 +250,24 @@ class LoRALayer(Module):
         """W0 -= delta for every merged adapter, last merged first (LIFO), until ``keep`` remain."""
         while len(self.merged_adapters) > keep:
             name = self.merged_adapters[-1]
-            set_base_weight(self.base_layer, base_weight(self.base_layer) - self.delta_weight(name))
+            set_base_weight(self.base_layer, self.unmerge_step(name, base_weight(self.base_layer)))
             self.merged_adapters.pop()
+
+    def merge_step(self, name: str, weight, unmerged):
+        """The weight after merging adapter ``name`` into ``weight``; ``unmerged`` is the base weight
+        with no adapter merged (variants whose merge depends on it, DoRA, read it). LoRA: W + delta."""
+        return weight + self.delta_weight(name)
+
+    def unmerge_step(self, name: str, weight):
+        """The inverse of merge_step (no state changes). LoRA: W - delta."""
+        return weight - self.delta_weight(name)
+
+    def unmerged_weight(self):
+        """The base weight with every merged adapter taken out again (the current array if none)."""
+        weight = base_weight(self.base_layer)
+        for name in reversed(self.merged_adapters):
+            weight = self.unmerge_step(name, weight)
+        return weight
 
     def merged_base(self, names=None, safe_merge: bool = False) -> Module:
         """A plain layer with ``names`` (default: active) merged in, for merge_and_unload."""
@@ -280,6 +303,13 @@ class LoRALayer(Module):
             getattr(self, table).pop(name, None)
         self.active_adapters = [a for a in self.active_adapters if a != name]
 
+    def adapter_plan(self) -> list:
+        """[(adapter, rows)] this forward adds: the active unmerged adapters with rows None (every row),
+        or, inside ``mixed_batch`` (mixed_batch.py), each named adapter with the mask of its rows."""
+        if self.row_adapters is None or self.adapters_disabled:
+            return [(name, None) for name in self._active_unmerged()]
+        return row_masks(self, self.row_adapters)
+
     def _active_unmerged(self):
         if self.adapters_disabled:
             if self.merged_adapters:
@@ -295,16 +325,23 @@ class LoRALinear(LoRALayer):
     factor_type = LoRAFactor
 
     @classmethod
-    def adapter_shapes(cls, base, r: int) -> dict:
-        return {"lora_A.weight": (r, base.in_features), "lora_B.weight": (base.out_features, r)}
+    def adapter_shapes(cls, base, r: int, use_dora: bool = False) -> dict:
+        shapes = {"lora_A.weight": (r, base.in_features), "lora_B.weight": (base.out_features, r)}
+        if use_dora:
+            shapes[dora.MAGNITUDE_KEY] = (base.out_features,)
+        return shapes
 
     def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
-                     init_lora_weights=True, use_rslora: bool = False, seed: int = 0) -> None:
+                     init_lora_weights=True, use_rslora: bool = False, seed: int = 0, *,
+                     use_dora: bool = False, loftq_config=None) -> None:
         """Add adapter ``name``: A (r, d_in), B (d_out, r), initialised per ``init_lora_weights``.
 
         True: A ~ U(+-1/sqrt(d_in)) (PyTorch's kaiming_uniform(a=sqrt(5)) = PEFT's default), B = 0.
         "gaussian": A ~ N(0, std=1/r), B = 0.  False: A as for True, B ~ U(+-1/sqrt(r)).
+        "pissa", "pissa_niter_K", "olora", "loftq": A and B from the base weight, which keeps the
+        residual (init_methods.py). use_dora: adds the magnitude vector m = ||W0 + s B A||_c (dora.py).
         """
+        kind, _ = parse_init(init_lora_weights)
         self.check_new_adapter(name, r)
         rng = backend.Random(seed, xp=self.xp)
         d_in, d_out, dtype = self.in_features, self.out_features, self.dtype
@@ -320,27 +357,44 @@ class LoRALinear(LoRALayer):
         self.put_factors(name, lora_A=a, lora_B=b)
         self.lora_dropout[name] = float(lora_dropout)
         self.set_scale(name, lora_alpha, r, use_rslora)
+        if kind in WEIGHT_AWARE:
+            init_from_base(self, name, init_lora_weights, loftq_config, seed)
+        if use_dora:
+            dora.add_magnitude(self, name)
 
     def delta_weight(self, name: str):
         """scaling * B @ A, (d_out, d_in)."""
         xp = self.xp
         return self.scaling[name] * xp.matmul(self.lora_B[name].weight.data, self.lora_A[name].weight.data)
 
+    def merge_step(self, name: str, weight, unmerged):
+        if dora.is_dora(self, name):
+            return dora.merge_step(self, name, weight, unmerged)
+        return super().merge_step(name, weight, unmerged)
+
+    def unmerge_step(self, name: str, weight):
+        if dora.is_dora(self, name):
+            return dora.unmerge_step(self, name, weight)
+        return super().unmerge_step(name, weight)
+
     def forward(self, x: Tensor) -> Tensor:
         y = self.base_layer(x)  # (..., d_out)
-        for name in self._active_unmerged():
+        for name, rows in self.adapter_plan():
+            if dora.is_dora(self, name):
+                y = y + rows_only(dora.increment(self, name, x, y), rows)
+                continue
             h = F.dropout(x, self.lora_dropout[name], self.rng, training=self.training)
             low = F.linear(h, self.lora_A[name].weight)  # (..., r)
-            y = y + F.linear(low, self.lora_B[name].weight) * self.scaling[name]  # (..., d_out)
+            y = y + rows_only(F.linear(low, self.lora_B[name].weight) * self.scaling[name], rows)  # (..., d_out)
         return y
 
     def _dequantized_merged(self, names, safe_merge):
         from ..nn import Linear
         names = list(self.active_adapters if names is None else names)
-        weight = base_weight(self.base_layer)  # (d_out, d_in), float
+        weight = unmerged = base_weight(self.base_layer)  # (d_out, d_in), float
         for name in names:
             if name in self.r:
-                weight = weight + self.delta_weight(name)
+                weight = self.merge_step(name, weight, unmerged)
         if safe_merge and not bool(self.xp.all(self.xp.isfinite(weight))):
             raise ValueError("safe_merge: the merged weight has NaN or Inf; the base was left unchanged")
         bias = getattr(self.base_layer, "bias", None)
@@ -353,45 +407,3 @@ class LoRALinear(LoRALayer):
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, adapters={self.adapter_names}, r={self.r}"
-
-
-class LoRAEmbedding(LoRALayer):
-    """A frozen Embedding plus adapters in PEFT's layout: A (r, V), B (C, r)."""
-
-    base_dims = ("num_embeddings", "embedding_dim")
-    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
-
-    @classmethod
-    def adapter_shapes(cls, base, r: int) -> dict:
-        return {"lora_embedding_A": (r, base.num_embeddings), "lora_embedding_B": (base.embedding_dim, r)}
-
-    def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
-                     init_lora_weights=True, use_rslora: bool = False, seed: int = 0) -> None:
-        """Add adapter ``name``. True / "gaussian": A = 0, B ~ N(0, 1); False: A, B ~ N(0, 1).
-
-        Dropout does not apply to embedding adapters (their input is integer ids)."""
-        self.check_new_adapter(name, r)
-        rng = backend.Random(seed, xp=self.xp)
-        v, c, dtype = self.num_embeddings, self.embedding_dim, self.dtype
-        a = rng.normal((r, v), dtype=dtype) if init_lora_weights is False else self.xp.zeros((r, v), dtype=dtype)
-        self.put_factors(name, lora_embedding_A=a, lora_embedding_B=rng.normal((c, r), dtype=dtype))
-        self.lora_dropout[name] = float(lora_dropout)
-        self.set_scale(name, lora_alpha, r, use_rslora)
-
-    def delta_weight(self, name: str):
-        """scaling * (B A)^T, (V, C): the embedding table's orientation."""
-        xp = self.xp
-        ba = xp.matmul(self.lora_embedding_B[name].data, self.lora_embedding_A[name].data)  # (C, V)
-        return self.scaling[name] * ba.mT
-
-    def forward(self, ids) -> Tensor:
-        ids = ids.data if isinstance(ids, Tensor) else ids
-        y = self.base_layer(ids)  # (..., C)
-        for name in self._active_unmerged():
-            a_t = ops.permute(self.lora_embedding_A[name], axes=(1, 0))  # (V, r)
-            rows = ops.embedding(a_t, ids)  # (..., r)
-            y = y + F.linear(rows, self.lora_embedding_B[name]) * self.scaling[name]  # (..., C)
-        return y
-
-    def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}, adapters={self.adapter_names}, r={self.r}"

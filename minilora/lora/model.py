@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+from ..errors import ConfigError
 from ..nn import Module
 from ..tensor import no_grad
 from .adapter_state import adapter_parameters, copy_into, expected_shapes, host_arrays
 from .config import LoraConfig
 from .inject import inject_adapter, lora_layer_class, lora_layers, save_wrappers
 from .layers import check_adapter_name, is_quantized
+from .mixed_batch import mixed_batch
 
 
 class LoraModel(Module):
@@ -34,8 +36,17 @@ class LoraModel(Module):
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
 
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+    def forward(self, *args, adapter_names=None, **kwargs):
+        """The wrapped model's forward. adapter_names: one adapter name per batch row ("__base__":
+        none), each row computed with its own adapter (mixed_batch.py); refused while merged."""
+        if adapter_names is None:
+            return self.model(*args, **kwargs)
+        inputs = args[0] if args else next(iter(kwargs.values()), None)
+        shape = getattr(inputs, "shape", ())
+        if len(shape) < 1:
+            raise ConfigError("adapter_names needs a batched input (rows first) to give each row its adapter")
+        with mixed_batch(self, adapter_names, int(shape[0])):
+            return self.model(*args, **kwargs)
 
     def __getattr__(self, name):
         if name.startswith("__") or "model" not in vars(self):

@@ -38,10 +38,14 @@ def adapter_state_dict(lora_model: LoraModel, adapter_name: str = "default") -> 
     return lora_model.adapter_state_dict(adapter_name)
 
 
-def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
+def save_adapter(lora_model: LoraModel, directory, adapter_name=None,
+                 path_initial_model_for_weight_conversion=None) -> list:
     """Write adapters to ``directory`` in PEFT's layout; returns the folders written.
 
     adapter_name: None = every adapter, a name or a list of names otherwise.
+    path_initial_model_for_weight_conversion: the folder a PiSSA/OLoRA adapter was saved to right
+    after its initialization; the adapter is then written as the equivalent rank-2r LoRA adapter for
+    the untouched base (init_conversion.py), as PEFT does.
     """
     if not isinstance(lora_model, LoraModel):
         raise ValueError(f"save_adapter: expected a LoraModel, got {type(lora_model).__name__}")
@@ -49,11 +53,16 @@ def save_adapter(lora_model: LoraModel, directory, adapter_name=None) -> list:
         [adapter_name] if isinstance(adapter_name, str) else list(adapter_name))
     for name in names:  # every name is checked before anything is written
         check_adapter_name(name)
-    return [write_adapter_folder(lora_model, directory, name, lora_model.adapter_state_dict(name))
-            for name in names]
+    contents = {name: (lora_model.peft_config[name], lora_model.adapter_state_dict(name)) for name in names}
+    if path_initial_model_for_weight_conversion is not None:  # every conversion is checked before any write
+        from .init_conversion import converted_adapter
+        contents = {name: converted_adapter(config, tensors, path_initial_model_for_weight_conversion)
+                    for name, (config, tensors) in contents.items()}
+    return [write_adapter_folder(lora_model, directory, name, tensors, config)
+            for name, (config, tensors) in contents.items()]
 
 
-def write_adapter_folder(lora_model, directory, name: str, tensors: dict) -> str:
+def write_adapter_folder(lora_model, directory, name: str, tensors: dict, config=None) -> str:
     """Write ``tensors`` and adapter ``name``'s config as PEFT does, each file atomically; returns the folder.
 
     The folder is ``directory`` for "default" and ``directory/<name>`` otherwise; the JSON is sorted,
@@ -62,7 +71,7 @@ def write_adapter_folder(lora_model, directory, name: str, tensors: dict) -> str
     folder = os.path.join(os.fspath(directory), "" if name == "default" else name)
     os.makedirs(folder, exist_ok=True)
     save_safetensors(os.path.join(folder, WEIGHTS_NAME), tensors, metadata={"format": "pt"})
-    config = lora_model.peft_config[name].to_dict()
+    config = (lora_model.peft_config[name] if config is None else config).to_dict()
     config["inference_mode"] = True
     if config.get("base_model_name_or_path") is None:
         config["base_model_name_or_path"] = getattr(lora_model.model, "name_or_path", None)

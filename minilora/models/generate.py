@@ -44,13 +44,14 @@ def next_token(logits, temperature: float = 0.0, top_k: int | None = None, rng=N
 
 
 def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                    rng=None, eos_token_id: int | None = None, use_cache: bool = True):
+                    rng=None, eos_token_id: int | None = None, use_cache: bool = True, adapter_names=None):
     """Yield the new tokens of each step as host int64 arrays (B,); stops early when every row has emitted eos.
 
     A row that has emitted eos keeps producing tokens until all rows have; callers cut each row at eos.
 
     prompt_ids (T0,) or (B, T0). use_cache=False recomputes the whole prefix each step (the reference
-    the cached path is tested against).
+    the cached path is tested against). adapter_names: one LoRA adapter per row (a LoraModel's
+    mixed-adapter batch, "__base__" for none), passed to every forward.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -67,6 +68,7 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
     was_training = model.training
     model.eval()
     done = np.zeros(ids.shape[0], dtype=bool)
+    per_row = {} if adapter_names is None else {"adapter_names": adapter_names}
     try:
         with no_grad():
             feed = ids
@@ -76,7 +78,7 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
                     threads.begin()
                 else:
                     threads.prefill()
-                logits = last_logits(model, feed, cache)  # (B, V)
+                logits = last_logits(model, feed, cache, **per_row)  # (B, V)
                 if decoding:
                     threads.end()
                 token = next_token(logits, temperature, top_k, rng)  # (B,)
@@ -93,9 +95,11 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
         model.train(was_training)
 
 
-def last_logits(model, ids, cache):
+def last_logits(model, ids, cache, adapter_names=None):
     """Logits (B, V) of the last position of ids (B, T); a Transformer (or a wrapper whose base is one)
-    sends only that position through lm_head."""
+    sends only that position through lm_head. A mixed-adapter batch goes through the wrapper's forward."""
+    if adapter_names is not None:
+        return model(ids, cache=cache, adapter_names=adapter_names).data[:, -1, :]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if isinstance(base, Transformer):
         h = base.model(ids, cache=cache).data  # (B, T, C)
@@ -104,10 +108,11 @@ def last_logits(model, ids, cache):
 
 
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-             rng=None, eos_token_id: int | None = None, callback=None, use_cache: bool = True):
+             rng=None, eos_token_id: int | None = None, callback=None, use_cache: bool = True, adapter_names=None):
     """Prompt followed by the generated tokens, as a host int64 array shaped like prompt_ids plus new steps.
 
-    callback(step, tokens (B,)) is called after each new token (streaming output).
+    callback(step, tokens (B,)) is called after each new token (streaming output). adapter_names: one
+    adapter per prompt row (see stream_generate).
     """
     if isinstance(prompt_ids, Tensor):
         prompt_ids = prompt_ids.data
@@ -115,7 +120,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
                         else prompt_ids, dtype=np.int64)
     rows = [_as_2d_host(prompt)]
     for step, token in enumerate(stream_generate(model, prompt_ids, max_new_tokens, temperature, top_k,
-                                                 rng, eos_token_id, use_cache)):
+                                                 rng, eos_token_id, use_cache, adapter_names)):
         if callback is not None:
             callback(step, token)
         rows.append(token[:, None])

@@ -19,7 +19,7 @@ from ..nn import LayerNorm, RMSNorm
 
 
 def _is_embedding_adapter(model, name: str) -> bool:
-    from ..lora.layers import LoRAEmbedding
+    from ..lora.embedding import LoRAEmbedding
     path = name.split(".")
     # <owner>.lora_embedding_A.<adapter>: the owner is two levels above the parameter
     for depth in (2, 3):

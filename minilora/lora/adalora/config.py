@@ -51,6 +51,12 @@ class AdaLoraConfig(LoraConfig):
             super().validate()
         finally:
             self.rank_pattern = pattern
+        if self.use_dora:
+            raise ValueError("AdaLoraConfig.use_dora=True: AdaLoRA does not support DoRA (PEFT refuses it too)")
+        if not (self.init_lora_weights is True or self.init_lora_weights is False
+                or self.init_lora_weights == "gaussian"):
+            raise ValueError(f"AdaLoraConfig.init_lora_weights must be True, False or 'gaussian' (AdaLoRA has no "
+                             f"weight-aware init), got {self.init_lora_weights!r}")
         for name in ("init_r", "target_r", "deltaT"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("tinit", "tfinal"):
