@@ -22,15 +22,18 @@ gguf_file= (float32) for lora, lora_ckpt and generate, and for the 4-bit rows a 
 copy of it that the parent writes once (transformers refuses quantization_config with gguf_file).
 minilora's lm_loss runs lm_head + cross entropy in row chunks; the torch side computes the whole
 logits and cross_entropy, as the PEFT recipe does. After setup both workers return freed heap to
-the system (glibc malloc_trim), so "run peak" measures the step, not what loading left behind. The parent alternates the two workers (order swapped every
-round) through one warm-up and --steps timed repetitions, and reports medians, the ratio
-minilora / torch, and peak RSS: "rss_peak" is the process's lifetime peak (getrusage ru_maxrss, loading
-included), "rss_run_peak" the peak while timing (VmHWM after resetting it via /proc/self/clear_refs).
+the system (glibc malloc_trim), so "run peak" measures the step, not what loading left behind.
+
+The parent alternates the two workers (order swapped every round) through one warm-up and --steps
+timed repetitions, and reports medians, the ratio minilora / torch, and peak RSS: "rss_peak" is the
+process's lifetime peak (the larger of VmHWM read before the reset below and getrusage ru_maxrss at
+the end: resetting VmHWM also resets ru_maxrss), "rss_run_peak" the peak while timing (VmHWM after
+resetting it via /proc/self/clear_refs).
 Each run also records the worker's CPU time (time.process_time, all its threads): on a machine that
 other jobs load, wall time measures the scheduler too, CPU time less so (spinning BLAS threads count).
 
 Needs torch, transformers, peft, bitsandbytes (the .venv-ref environment):
-    .venv-ref/bin/python bench/compare_torch.py [--steps 5] [--quick] [--tasks lora,qlora,generate]
+    .venv-ref/bin/python bench/compare_torch.py [--steps 5] [--quick] [--tasks lora,lora_ckpt,qlora,...]
     .venv-ref/bin/python bench/compare_torch.py --profile lora     # where minilora's step spends its time
 """
 from __future__ import annotations
@@ -240,6 +243,7 @@ def worker(framework: str, task: str, args) -> None:
     trimmed = release_free_heap()
     send({"ready": True, "setup_seconds": time.perf_counter() - t0, "rss_after_setup_kib": rss_setup,
           "rss_after_trim_kib": proc_status_bytes("VmRSS") // 1024, "trimmed": trimmed, "malloc_tuned": tuned})
+    setup_peak_kib = proc_status_bytes("VmHWM") // 1024  # read first: the reset below also resets ru_maxrss
     reset = reset_peak_rss()
     for line in sys.stdin:
         if line.strip() == "run":
@@ -248,7 +252,8 @@ def worker(framework: str, task: str, args) -> None:
             send(dict(r, cpu_seconds=time.process_time() - c0))
         else:
             import resource
-            send({"rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            send({"rss_peak_kib": max(setup_peak_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+                  "rss_setup_peak_kib": setup_peak_kib,
                   "rss_run_peak_kib": proc_status_bytes("VmHWM") // 1024 if reset else None})
             return
 
