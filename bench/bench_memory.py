@@ -35,17 +35,21 @@ import time
 import tracemalloc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIGS = {  # name: (4-bit base, gradient checkpointing, lm_loss chunk_rows)
-    "lora": (False, False, 64), "lora_ckpt": (False, True, 64),
-    "qlora": (True, False, 64), "qlora_ckpt": (True, True, 64),
-    "qlora_ckpt_whole_logits": (True, True, None), "lora_whole_logits": (False, False, None),
+sys.path.insert(0, os.path.dirname(HERE))
+from minilora.lm_head_loss import DEFAULT_CHUNK_ROWS  # noqa: E402
+CONFIGS = {  # name: (4-bit base, gradient checkpointing, lm_loss chunk_rows, 4-bit keep mode; None: default)
+    "lora": (False, False, DEFAULT_CHUNK_ROWS, None), "lora_ckpt": (False, True, DEFAULT_CHUNK_ROWS, None),
+    "qlora": (True, False, DEFAULT_CHUNK_ROWS, None), "qlora_ckpt": (True, True, DEFAULT_CHUNK_ROWS, None),
+    "qlora_ckpt_keep_never": (True, True, DEFAULT_CHUNK_ROWS, "never"),
+    "qlora_ckpt_keep_recompute": (True, True, DEFAULT_CHUNK_ROWS, "recompute"),
+    "qlora_ckpt_whole_logits": (True, True, None, None), "lora_whole_logits": (False, False, None, None),
 }
 MiB = 2 ** 20
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
+    p.add_argument("--configs", default="lora,lora_whole_logits,lora_ckpt,qlora,qlora_ckpt,qlora_ckpt_whole_logits", help=f"comma-separated subset of {','.join(CONFIGS)}")
     p.add_argument("--steps", type=int, default=3, help="timed steps per keep mode (alternated; median)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
@@ -87,7 +91,10 @@ def one_config(name: str, args) -> dict:
     from common import load_smollm2, proc_status_bytes, release_free_heap, reset_peak_rss
 
     tune_allocator()
-    quantized, checkpointing, chunk = CONFIGS[name]
+    quantized, checkpointing, chunk, keep = CONFIGS[name]
+    if keep is not None:
+        linear4bit.set_keep_dequantized(keep)
+    keep = linear4bit.get_keep_dequantized()
     tracemalloc.start()
     (model, how), weights, load_peak = _traced_phase(lambda: load_smollm2(quantized))
     model.gradient_checkpointing = checkpointing
@@ -134,7 +141,7 @@ def one_config(name: str, args) -> dict:
     parts = {"weights": weights, "adapters_and_optimizer": adapters, "activations": activations,
              "logits": logits_peak, "backward_transient": max(0, traced_peak - base - activations - logits_peak)}
     parts["rest"] = rss_peak - sum(parts.values())  # interpreter, libraries, allocator slack, small arrays
-    result = {"config": name, "load": how, "quantized": quantized, "checkpointing": checkpointing, "chunk_rows": chunk,
+    result = {"config": name, "load": how, "keep_dequantized": keep, "quantized": quantized, "checkpointing": checkpointing, "chunk_rows": chunk,
               "parts_MiB": {k: v / MiB for k, v in parts.items()}, "traced_peak_MiB": traced_peak / MiB,
               "rss_peak_MiB": rss_peak / MiB, "load_traced_peak_MiB": load_peak / MiB,
               "lifetime_rss_peak_MiB": lifetime_rss / MiB,

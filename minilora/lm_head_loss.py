@@ -45,6 +45,13 @@ def _check(xp, h, weight, targets, ignore_index):
     return valid, safe
 
 
+def _exp_in_place(xp, z):
+    """exp(z), written over z where the namespace takes ``out=`` (NumPy, CuPy): one (R, V) array, not two."""
+    if backend.name_of_namespace(xp) in ("numpy", "cupy"):
+        return xp.exp(z, out=z)
+    return xp.exp(z)
+
+
 def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS, grad_h=False,
              grad_w=False):
     """loss (scalar) and its VJP; gh (N, C) and gW (V, C) are filled chunk by chunk when asked for."""
@@ -66,17 +73,17 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
         row_max = xp.max(z, axis=1, keepdims=True)  # (R, 1)
         picked = xp.take_along_axis(z, xp.reshape(tc, (-1, 1)), axis=1)[:, 0]  # (R,)
         z -= row_max
-        z = xp.exp(z)  # (R, V) unnormalized softmax
+        z = _exp_in_place(xp, z)  # (R, V) unnormalized softmax
         row_sum = xp.sum(z, axis=1, keepdims=True)  # (R, 1)
         total = total + xp.sum(sc * (xp.log(row_sum[:, 0]) + row_max[:, 0] - picked))
-        if gh is None and gw is None:
-            continue
-        z *= sc[:, None] / row_sum  # softmax * scale
-        z[xp.reshape(tc, (-1, 1)) == classes] -= sc  # one True per row, in row order: - onehot * scale
-        if gh is not None:
-            gh[start:stop, :] = xp.matmul(z, weight)  # (R, C)
-        if gw is not None:
-            gw += xp.matmul(z.mT, hc)  # (V, C)
+        if gh is not None or gw is not None:
+            z *= sc[:, None] / row_sum  # softmax * scale
+            z[xp.reshape(tc, (-1, 1)) == classes] -= sc  # one True per row, in row order: - onehot * scale
+            if gh is not None:
+                gh[start:stop, :] = xp.matmul(z, weight)  # (R, C)
+            if gw is not None:
+                gw += xp.matmul(z.mT, hc)  # (V, C)
+        del z  # before the next chunk's logits exist: one chunk at a time
 
     def vjp(g, needs):
         return (gh * g if needs[0] else None, gw * g if needs[1] else None, None)

@@ -63,7 +63,8 @@ def test_only_wanted_gradients_are_computed():
         assert not linear_cross_entropy(hh, Tensor(w, requires_grad=True), t).requires_grad
 
 
-def test_chunk_memory_is_a_few_chunks_not_the_logits():
+def test_chunk_memory_is_about_one_chunk_not_the_logits():
+    """One (R, V) float32 chunk (exp in place), its boolean one-hot and gh: about 1.3 / 16 of the logits."""
     n, c, v, chunk = 512, 16, 4096, 32
     h, w, t = _problem(np, 5, n, c, v, 0.0, np.float32)
     tracemalloc.start()
@@ -74,7 +75,7 @@ def test_chunk_memory_is_a_few_chunks_not_the_logits():
     finally:
         tracemalloc.stop()
     logits_bytes = n * v * 4
-    assert peak < 0.25 * logits_bytes, f"peak {peak / logits_bytes:.2f} of the whole (N, V) logits"
+    assert peak < 0.12 * logits_bytes, f"peak {peak / logits_bytes:.2f} of the whole (N, V) logits"
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])

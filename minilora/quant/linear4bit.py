@@ -42,6 +42,11 @@ def set_keep_dequantized(mode: str) -> str:
     return old
 
 
+def get_keep_dequantized() -> str:
+    """The current mode of set_keep_dequantized."""
+    return _settings["keep_dequantized"]
+
+
 def _keeps_weight() -> bool:
     mode = _settings["keep_dequantized"]
     return mode == "always" or (mode == "recompute" and is_recomputing())
