@@ -1,9 +1,10 @@
-"""Bar chart of peak RSS by method and setting, minilora beside torch, from compare_torch's JSON.
+"""Bar chart of peak RSS by method and setting, minilora beside torch, from compare_torch's JSON of the
+training rows (bench/results/compare_torch_train.json).
 
 Two bars per framework and row: the lifetime peak (loading included) and the peak while the timed
 steps ran. Needs matplotlib (the ``plots`` extra).
 
-Usage: python bench/plot_memory.py [--json bench/results/compare_torch.json] [--out docs/peak_rss.png]
+Usage: python bench/plot_memory.py [--json bench/results/compare_torch_train.json] [--out docs/peak_rss.png]
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def plot(data: dict, out: str) -> list:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--json", default=os.path.join(HERE, "results", "compare_torch.json"))
+    p.add_argument("--json", default=os.path.join(HERE, "results", "compare_torch_train.json"))
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "peak_rss.png"))
     args = p.parse_args(argv)
     with open(args.json) as fh:

@@ -1,5 +1,6 @@
 """The goals table of docs/speed.md (row, minilora, torch, ratio, goal, met), printed as Markdown
-from the bench JSON files: compare_torch.json (steps, peak RSS, generation), bench_quant.json
+from the bench JSON files: compare_torch_train.json (training steps and peak RSS: compare_torch.py
+--tasks lora,lora_ckpt,qlora,qlora_ckpt --json ...), compare_torch.json (generation), bench_quant.json
 (dequantize rate against bitsandbytes in the same run) and bench_step.json (LoRA step against the
 shape-matched matmul peak). A file or row that is missing prints as a row marked "not measured".
 
@@ -33,8 +34,8 @@ def _line(label, ours, theirs, ratio, goal, met):
 
 def rows(folder: str) -> list:
     out = ["| row | minilora | torch | ratio | goal | met |", "|---|---|---|---|---|---|"]
-    ct = _load(folder, "compare_torch.json") or {"summary": {}}
-    s = ct["summary"]
+    s = dict((_load(folder, "compare_torch_train.json") or {"summary": {}})["summary"])
+    generation = (_load(folder, "compare_torch.json") or {"summary": {}})["summary"].get("generate")
     for task, label, goal in STEP_ROWS:
         r = s.get(task)
         if r is None:
@@ -75,7 +76,7 @@ def rows(folder: str) -> list:
         out.append(_line("NF4 dequantize 4096 x 4096 (double quant)", f"{ours:.2f} GB/s",
                          f"{theirs:.2f} GB/s" if theirs else "", f"{ours / theirs:.2f}" if theirs else "",
                          ">= 3.2 GB/s", ours >= 3.2))
-    g = s.get("generate")
+    g = s.get("generate") or generation
     if g is None:
         out.append(_line("generation, greedy, KV cache (filled by the decoding work)", "", "", "", ">= 2x", None))
     else:
@@ -89,11 +90,30 @@ def rows(folder: str) -> list:
     return out
 
 
+def memory_rows(folder: str) -> list:
+    """bench_memory.json's breakdown, one row per configuration (MiB)."""
+    bm = _load(folder, "bench_memory.json")
+    if bm is None:
+        return ["(bench/results/bench_memory.json not measured)"]
+    parts = ("weights", "adapters_and_optimizer", "activations", "logits", "backward_transient", "rest")
+    out = ["| configuration | " + " | ".join(p.replace("_", " ") for p in parts) +
+           " | step peak RSS | lifetime peak RSS (load included) |", "|---" * (len(parts) + 3) + "|"]
+    for r in bm["configs"]:
+        chunk = f"chunks of {r['chunk_rows']}" if r["chunk_rows"] else "whole logits"
+        label = (f"{'QLoRA' if r['quantized'] else 'LoRA'}, {'checkpointing' if r['checkpointing'] else 'no checkpointing'}"
+                 f", {chunk}" + (f", keep {r.get('keep_dequantized', 'recompute')}" if r["quantized"] else ""))
+        out.append(f"| {label} | " + " | ".join(f"{r['parts_MiB'][p]:.0f}" for p in parts) +
+                   f" | **{r['rss_peak_MiB']:.0f}** | {r['lifetime_rss_peak_MiB']:.0f} |")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
     print("\n".join(rows(args.results)))
+    print()
+    print("\n".join(memory_rows(args.results)))
 
 
 if __name__ == "__main__":
