@@ -47,7 +47,7 @@ def _check(xp, h, weight, targets, ignore_index):
 
 def _exp_in_place(xp, z):
     """exp(z), written over z where the namespace takes ``out=`` (NumPy, CuPy): one (R, V) array, not two."""
-    if backend.name_of_namespace(xp) in ("numpy", "cupy"):
+    if backend.backend_name(xp) in ("numpy", "cupy"):
         return xp.exp(z, out=z)
     return xp.exp(z)
 

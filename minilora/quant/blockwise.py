@@ -125,7 +125,7 @@ def dequantize_blocks_4bit(xp, packed, absmax, n: int, blocksize: int, code, out
     indices cannot be out of range), then one in-place multiply by absmax per block. Elsewhere:
     the same table gathered row-wise. Both give the same float32 products, bit for bit.
     """
-    if backend.name_of_namespace(xp) == "numpy" and n % 2 == 0 and n % blocksize == 0:
+    if backend.backend_name(xp) == "numpy" and n % 2 == 0 and n % blocksize == 0:
         out = xp.empty((n,), dtype=xp.float32) if out is None else out
         xp.take(_pair_table(xp, code), packed, out=out.view(xp.uint64), mode="clip")
         blocks = xp.reshape(out, (n // blocksize, blocksize))  # a view of out

@@ -60,9 +60,9 @@ class _SharedBuffer:
         self.arrays = {}
 
     def take(self, xp, n: int):
-        if backend.name_of_namespace(xp) != "numpy":
+        if backend.backend_name(xp) != "numpy":
             return None
-        key = backend.name_of_namespace(xp)
+        key = backend.backend_name(xp)
         buf = self.arrays.get(key)
         if buf is None or buf.shape[0] < n:
             buf = self.arrays[key] = xp.empty((n,), dtype=xp.float32)
