@@ -1,7 +1,10 @@
 """Measure 4-bit quantization speed and a QLoRA training step against a float-base LoRA step.
 
 1. quantize_4bit / dequantize_4bit on a 4096 x 4096 float32 weight (NF4, blocksize 64), with and
-   without double quantization: elements per second and GB/s of float32 output (median of runs).
+   without double quantization, into a fresh array and into a reused buffer (as Linear4bit does);
+   FP4 too; and bitsandbytes' CPU functions on the same weight when it is installed (run it with
+   .venv-ref/bin/python for the same-run comparison): elements per second and GB/s of float32
+   output, per wall second and per CPU second (median of runs).
 2. One training step (forward + loss + backward) of the SmolLM2-135M-shaped decoder (random
    weights, batch B x T) with LoRA r=8 on q_proj and v_proj, once on the float32 base and once on
    a base whose block Linear layers are NF4 with double quantization (QLoRA). Peak memory is the
@@ -46,24 +49,62 @@ def parse_args(argv=None):
     return args
 
 
-def throughput(size: int, runs: int) -> list:
-    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+def _timed(fn, runs: int):
+    """(median wall seconds, median CPU seconds, last result) of fn() over ``runs`` calls after one warm-up."""
+    out = fn()
+    walls, cpus = [], []
+    for _ in range(runs):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return median(walls), median(cpus), out
+
+
+def _bitsandbytes_rows(w, runs: int) -> list:
+    """bitsandbytes' CPU quantize/dequantize on the same weight, when it is installed (.venv-ref)."""
+    try:
+        import bitsandbytes.functional as bnbf
+        import torch
+    except ImportError:
+        return []
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    wt = torch.from_numpy(w)
     rows = []
     for double_quant in (False, True):
-        q_times, d_times = [], []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            packed, state = quantize_4bit(w, blocksize=64, quant_type="nf4", double_quant=double_quant)
-            t1 = time.perf_counter()
-            out = dequantize_4bit(packed, state)
-            t2 = time.perf_counter()
-            q_times.append(t1 - t0)
-            d_times.append(t2 - t1)
-        q, d = median(q_times), median(d_times)
-        rows.append({"case": f"nf4 {size}x{size} double_quant={double_quant}", "quantize_s": q,
-                     "quantize_Melem_per_s": w.size / q / 1e6, "dequantize_s": d,
-                     "dequantize_Melem_per_s": w.size / d / 1e6, "dequantize_GB_per_s": out.nbytes / d / 1e9})
+        def quant():
+            return bnbf.quantize_4bit(wt, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+        q, _, (packed, state) = _timed(quant, runs)
+        d, d_cpu, out = _timed(lambda: bnbf.dequantize_4bit(packed, state), runs)
+        rows.append(_row(f"bitsandbytes nf4 {w.shape[0]}x{w.shape[1]} double_quant={double_quant}", w.size, q, d,
+                         d_cpu, out.numel() * out.element_size()))
     return rows
+
+
+def _row(case, n, q, d, d_cpu, out_bytes):
+    return {"case": case, "quantize_s": q, "quantize_Melem_per_s": n / q / 1e6, "dequantize_s": d,
+            "dequantize_Melem_per_s": n / d / 1e6, "dequantize_GB_per_s": out_bytes / d / 1e9,
+            "dequantize_GB_per_cpu_s": out_bytes / d_cpu / 1e9}
+
+
+def throughput(size: int, runs: int) -> list:
+    """minilora (fresh output and into a reused buffer) and, when installed, bitsandbytes, same weight."""
+    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    rows = []
+    buffer = np.empty(w.size, np.float32)
+    for double_quant in (False, True):
+        q, _, (packed, state) = _timed(lambda: quantize_4bit(w, blocksize=64, quant_type="nf4",
+                                                              double_quant=double_quant), runs)
+        d, d_cpu, out = _timed(lambda: dequantize_4bit(packed, state), runs)
+        rows.append(_row(f"minilora nf4 {size}x{size} double_quant={double_quant}", w.size, q, d, d_cpu, out.nbytes))
+        d, d_cpu, out = _timed(lambda: dequantize_4bit(packed, state, out=buffer), runs)
+        rows.append(_row(f"minilora nf4 {size}x{size} double_quant={double_quant}, into a reused buffer", w.size,
+                         q, d, d_cpu, out.nbytes))
+    packed, state = quantize_4bit(w, blocksize=64, quant_type="fp4", double_quant=True)
+    d, d_cpu, out = _timed(lambda: dequantize_4bit(packed, state, out=buffer), runs)
+    rows.append(_row(f"minilora fp4 {size}x{size} double_quant=True, into a reused buffer", w.size, float("nan"),
+                     d, d_cpu, out.nbytes))
+    return rows + _bitsandbytes_rows(w, runs)
 
 
 def training_step(quantized: bool, args) -> dict:
@@ -103,14 +144,17 @@ def training_step(quantized: bool, args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    results = {"machine": machine(), "args": vars(args), "throughput": throughput(args.size, args.runs)}
+    results = {"machine": dict(machine(), load_average_start=os.getloadavg()), "args": vars(args),
+               "throughput": throughput(args.size, args.runs)}
+    print(f"load average {os.getloadavg()}")
     print(table(results["throughput"], ["case", "quantize_Melem_per_s", "dequantize_Melem_per_s",
-                                        "dequantize_GB_per_s"]))
+                                        "dequantize_GB_per_s", "dequantize_GB_per_cpu_s"]))
     if not args.skip_step:
         results["step"] = [training_step(False, args), training_step(True, args)]
         print()
         print(table(results["step"], ["case", "step_s", "step_peak_MiB", "weights_MiB", "quantize_model_s",
                                       "trainable_params"]))
+    results["load_average_end"] = os.getloadavg()
     write_json(args.json, results)
     print(f"\nwrote {args.json}")
 

@@ -10,10 +10,24 @@ inputs and backpropagates the incoming cotangent g through that fresh graph:
 Parameters used inside ``fn`` are leaves of the recomputed graph, so their ``.grad`` accumulates
 exactly as without checkpointing. ``rng`` (a backend.Random, e.g. the one dropout draws from) is
 rewound before the recompute so that dropout masks repeat, and restored afterwards.
+
+``is_recomputing()`` is True while such a recompute runs: its backward follows at once, so a layer
+may keep what it would otherwise rebuild for backward (quant.linear4bit keeps its dequantized
+weight then). Memory: one (B, T, C) input per checkpointed call between forward and backward, plus
+one block's activations during its recompute.
 """
 from __future__ import annotations
 
+import threading
+
 from ..tensor import Tensor, enable_grad, is_grad_enabled, no_grad
+
+_state = threading.local()
+
+
+def is_recomputing() -> bool:
+    """True inside the re-run of a checkpointed function during backward."""
+    return getattr(_state, "depth", 0) > 0
 
 
 def checkpoint(fn, *inputs, rng=None) -> Tensor:
@@ -32,8 +46,12 @@ def checkpoint(fn, *inputs, rng=None) -> Tensor:
         after = None if rng is None else rng.state
         if rng is not None:
             rng.state = state
-        with enable_grad():
-            again = fn(*detached)
+        _state.depth = getattr(_state, "depth", 0) + 1
+        try:
+            with enable_grad():
+                again = fn(*detached)
+        finally:
+            _state.depth -= 1
         if rng is not None:
             rng.state = after
         if again.requires_grad:

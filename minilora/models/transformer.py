@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from .. import backend, functional as F
 from .. import ops
-from ..nn import Dropout, Embedding, LayerNorm, Module, ModuleList, RMSNorm
+from ..lm_head_loss import DEFAULT_CHUNK_ROWS, linear_cross_entropy
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, RMSNorm
 from ..tensor import Tensor
 from .attention import Attention
 from .checkpoint import checkpoint
@@ -153,21 +154,50 @@ class Transformer(Module):
                 f"heads={c.num_attention_heads}/{c.num_key_value_heads}, vocab={c.vocab_size}")
 
 
-def lm_loss(model, input_ids, targets, ignore_index: int = -100) -> Tensor:
+def lm_loss(model, input_ids, targets, ignore_index: int = -100, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> Tensor:
     """Cross entropy of logits = model(input_ids) (B, T, V) against targets (B, T) over B*T rows.
 
     targets[b, t] is the token that should follow input_ids[b, t] (the caller shifts: for a sequence
     s, input_ids = s[:-1] and targets = s[1:]); positions equal to ignore_index (prompt, padding) do
     not count. Returns the mean over counted positions (a scalar Tensor).
+
+    When ``model`` is a Transformer (or a LoRA wrapper of one) whose lm_head is a plain bias-free
+    Linear (tied or not), the head and the loss run fused in chunks of ``chunk_rows`` rows
+    (lm_head_loss.linear_cross_entropy): the (B*T, V) logits never exist whole. ``chunk_rows=None``,
+    or any other head (LoRA on lm_head, 4-bit, modules_to_save), computes the whole logits.
     """
+    lm = _language_model(model)
+    head = None if lm is None else lm.lm_head
+    if chunk_rows is not None and type(head) is Linear and head.bias is None:
+        hidden = lm.model(as_token_ids(input_ids, head.weight.xp))  # (B, T, C)
+        b, t, c = hidden.shape
+        tgt = _shifted_targets(targets, hidden.xp, (b, t))
+        return linear_cross_entropy(ops.reshape(hidden, shape=(b * t, c)), head.weight,
+                                    hidden.xp.reshape(tgt, (b * t,)), ignore_index=ignore_index,
+                                    chunk_rows=chunk_rows)
     logits = model(input_ids)  # (B, T, V)
     b, t, v = logits.shape
-    xp = logits.xp
-    tgt = as_token_ids(targets, xp)
-    if tuple(tgt.shape) != (b, t):
-        raise ValueError(f"lm_loss: targets must have shape {(b, t)} like input_ids, got {tuple(tgt.shape)}")
-    return F.cross_entropy(ops.reshape(logits, shape=(b * t, v)), xp.reshape(tgt, (b * t,)),
+    tgt = _shifted_targets(targets, logits.xp, (b, t))
+    return F.cross_entropy(ops.reshape(logits, shape=(b * t, v)), logits.xp.reshape(tgt, (b * t,)),
                            ignore_index=ignore_index)
+
+
+def _shifted_targets(targets, xp, shape):
+    tgt = as_token_ids(targets, xp)
+    if tuple(tgt.shape) != shape:
+        raise ValueError(f"lm_loss: targets must have shape {shape} like input_ids, got {tuple(tgt.shape)}")
+    return tgt
+
+
+def _language_model(model):
+    """The Transformer behind ``model`` (itself, or what wrappers such as LoraModel forward to), or None."""
+    for _ in range(8):
+        if isinstance(model, Transformer):
+            return model
+        if not hasattr(type(model), "get_base_model"):
+            return None
+        model = model.get_base_model()
+    return None
 
 
 def as_token_ids(ids, xp):

@@ -4,7 +4,8 @@
 
 The weight is dequantized on the fly in the forward pass and again in the backward pass, which
 only needs the input gradient  gx = g dequant(W4)  (QLoRA eq. 5-6: the base is frozen, gradients
-flow through it to the adapters). No float copy of W outlives a call, and W gets no gradient.
+flow through it to the adapters), into one float32 buffer shared by every layer (NumPy). W gets no
+gradient. ``set_keep_dequantized`` chooses when a forward keeps its float W for the backward instead.
 The bias, when present, is a frozen Parameter. Wrapping this layer in ``LoRALinear`` is QLoRA.
 
 The differentiable op is a private ``Primitive`` applied with ``tensor.apply``: it is not put in
@@ -15,35 +16,94 @@ from __future__ import annotations
 
 from .. import backend
 from ..nn import Linear, Module, Parameter
-from ..tensor import Primitive, Tensor, apply
+from ..models.checkpoint import is_recomputing
+from ..tensor import Primitive, Tensor, apply, is_grad_enabled
 from .quantize import dequantize_4bit, quantize_4bit
 from .state import QuantState, dtype_name
 
 
-def _dequantized_weight(packed, state, dtype):
-    w = dequantize_4bit(packed, state)  # (d_out, d_in)
-    xp = backend.namespace_of(w)
+KEEP_MODES = ("never", "recompute", "always")
+_settings = {"keep_dequantized": "recompute"}
+
+
+def set_keep_dequantized(mode: str) -> str:
+    """Whether linear_4bit's backward reuses the weight its forward dequantized; returns the old mode.
+
+    "never": dequantize again in backward (no float weight outlives a call). "always": the forward
+    keeps its dequantized weight for the backward (one float copy per 4-bit layer of the graph:
+    without checkpointing, the whole base model in float). "recompute" (default): keep it only in
+    the forward that gradient checkpointing re-runs in backward, whose backward follows at once,
+    so at most one checkpointed block's weights are float at a time, and each weight is
+    dequantized twice per step instead of three times (bench/bench_memory.py measured the choice).
+    """
+    if mode not in KEEP_MODES:
+        raise ValueError(f"set_keep_dequantized: mode must be one of {KEEP_MODES}, got {mode!r}")
+    old, _settings["keep_dequantized"] = _settings["keep_dequantized"], mode
+    return old
+
+
+def get_keep_dequantized() -> str:
+    """The current mode of set_keep_dequantized."""
+    return _settings["keep_dequantized"]
+
+
+def _keeps_weight() -> bool:
+    mode = _settings["keep_dequantized"]
+    return mode == "always" or (mode == "recompute" and is_recomputing())
+
+
+class _SharedBuffer:
+    """One float32 array per backend, grown to the largest weight seen, that every 4-bit layer
+    dequantizes into when the weight is needed only for the product at hand (NumPy only)."""
+
+    def __init__(self):
+        self.arrays = {}
+
+    def take(self, xp, n: int):
+        if backend.backend_name(xp) != "numpy":
+            return None
+        key = backend.backend_name(xp)
+        buf = self.arrays.get(key)
+        if buf is None or buf.shape[0] < n:
+            buf = self.arrays[key] = xp.empty((n,), dtype=xp.float32)
+        return buf[:n]
+
+
+DEQUANT_BUFFER = _SharedBuffer()
+
+
+def _dequantized_weight(packed, state, dtype, fresh: bool = True):
+    """W (d_out, d_in) in ``dtype``; ``fresh=False`` lends the shared buffer (valid until the next call)."""
+    xp = backend.namespace_of(packed)
+    out = None if fresh or state.dtype != "float32" else DEQUANT_BUFFER.take(xp, state.numel)
+    w = dequantize_4bit(packed, state, out=out)  # (d_out, d_in)
     return w if w.dtype == dtype else xp.astype(w, dtype)
 
 
 def _linear_4bit_forward(x, bias=None, *, packed, state):
     """y = x W^T + b with W = dequant(packed, state) (d_out, d_in).
 
-    VJP: gx = g W (W dequantized again), gb = sum of g over the leading dimensions; no gW.
+    VJP: gx = g W, gb = sum of g over the leading dimensions; no gW. W comes from the shared buffer,
+    dequantized again in backward, unless the forward keeps it (see set_keep_dequantized).
     """
     xp = backend.namespace_of(x)
     d_out, d_in = state.shape
     lead = tuple(x.shape[:-1])
     x2 = xp.reshape(x, (-1, d_in))  # (N, d_in)
-    y = xp.matmul(x2, _dequantized_weight(packed, state, x.dtype).mT)  # (N, d_out)
+    kept = _keeps_weight() and is_grad_enabled()
+    w = _dequantized_weight(packed, state, x.dtype, fresh=kept)
+    y = xp.matmul(x2, w.mT)  # (N, d_out)
     if bias is not None:
         y = y + bias
+    w = w if kept else None  # the buffer is lent only for the product above
 
     def vjp(g, needs):
         g2 = xp.reshape(g, (-1, d_out))  # (N, d_out)
         gx = None
         if needs[0]:
-            gx = xp.reshape(xp.matmul(g2, _dequantized_weight(packed, state, g.dtype)), lead + (d_in,))
+            weight = w if w is not None and w.dtype == g.dtype else _dequantized_weight(packed, state, g.dtype,
+                                                                                        fresh=False)
+            gx = xp.reshape(xp.matmul(g2, weight), lead + (d_in,))
         gb = xp.sum(g2, axis=0) if (len(needs) > 1 and needs[1]) else None
         return (gx, gb) if len(needs) > 1 else (gx,)
     return xp.reshape(y, lead + (d_out,)), vjp

@@ -67,8 +67,12 @@ def dequantized_absmax(state: QuantState):
     return state.absmax
 
 
-def dequantize_4bit(packed, state: QuantState):
-    """packed (ceil(n/2),) uint8 + state -> array of state.shape and state.dtype: code[q] * absmax."""
+def dequantize_4bit(packed, state: QuantState, out=None):
+    """packed (ceil(n/2),) uint8 + state -> array of state.shape and state.dtype: code[q] * absmax.
+
+    ``out``: optional float32 array of n elements (C-contiguous) to write the values into; the
+    result is then a view of it (Linear4bit reuses one buffer across layers this way).
+    """
     if not isinstance(state, QuantState):
         raise ValueError(f"dequantize_4bit: state must be a QuantState, got {type(state).__name__}")
     xp = backend.namespace_of(packed)
@@ -77,6 +81,9 @@ def dequantize_4bit(packed, state: QuantState):
         raise ValueError(f"dequantize_4bit: packed must be uint8 of shape ({(n + 1) // 2},) for a state of "
                          f"shape {state.shape}, got {dtype_name(packed.dtype)} {tuple(packed.shape)}")
     _check_quant_type(state.quant_type)
-    flat = dequantize_blocks_4bit(xp, packed, dequantized_absmax(state), n, state.blocksize, state.code)
+    if out is not None and (tuple(out.shape) != (n,) or dtype_name(out.dtype) != "float32"):
+        raise ValueError(f"dequantize_4bit: out must be float32 of shape ({n},), got "
+                         f"{dtype_name(out.dtype)} {tuple(out.shape)}")
+    flat = dequantize_blocks_4bit(xp, packed, dequantized_absmax(state), n, state.blocksize, state.code, out=out)
     out = xp.reshape(flat, state.shape)
     return out if state.dtype == "float32" else xp.astype(out, getattr(xp, state.dtype))

@@ -1,0 +1,109 @@
+"""lm_head + cross entropy in row chunks: the (N, V) logits, softmax and gradient never exist whole.
+
+For hidden states h (N, C), the head weight W (V, C) and targets t (N,) (ignore_index skipped):
+
+    z_n   = W h_n                                          (V,)  logits of row n
+    loss  = sum_valid (logsumexp(z_n) - z_n[t_n]) / n_valid
+    dz_n  = (softmax(z_n) - onehot(t_n)) / n_valid         on valid rows, 0 on ignored rows
+    gh    = dz W                    (N, C)      gW = dz^T h      (V, C)
+
+The rows are taken ``chunk_rows`` at a time: one chunk's logits (R, V) are computed, reduced to its
+loss terms and, when gradients are wanted, turned into dz in place and multiplied straight into gh
+(and gW); then the chunk dies. Peak extra memory is a few (R, V) arrays instead of three (N, V)
+ones: for SmolLM2 at batch 4 x 128 (N = 512, V = 49152) that is 12 MiB per array at R = 64
+against 96 MiB at R = N.
+
+The gradient is computed in the forward pass (the loss is a scalar, so the VJP only scales the
+stored gh, gW by the cotangent g): no logits are kept for backward and none are recomputed. Which
+gradients to compute is decided when the op runs (an input that requires grad, with gradients
+enabled), so evaluation under ``no_grad`` costs only the loss. The result equals
+``kernels.cross_entropy(h W^T, t)`` to float32 rounding (tests/test_lm_head_loss.py).
+
+Like ``linear_4bit``, the op is a private Primitive (applied with ``tensor.apply``): it is the fused
+composite ``cross_entropy(linear(h, W), t)``, and its tests check it against exactly that.
+"""
+from __future__ import annotations
+
+from . import backend
+from .tensor import Primitive, Tensor, apply, is_grad_enabled
+
+DEFAULT_CHUNK_ROWS = 64  # chosen by bench/bench_memory.py's chunk sweep (see docs/speed.md)
+
+
+def _check(xp, h, weight, targets, ignore_index):
+    if h.ndim != 2 or weight.ndim != 2 or h.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: expected h (N, C) and weight (V, C), got {tuple(h.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if targets.ndim != 1 or targets.shape[0] != h.shape[0] or not xp.isdtype(targets.dtype, "integral"):
+        raise ValueError(f"linear_cross_entropy: targets must be integers of shape ({h.shape[0]},), got "
+                         f"{targets.dtype} {tuple(targets.shape)}")
+    valid = targets != ignore_index  # (N,)
+    safe = xp.where(valid, targets, xp.zeros_like(targets))  # ignored rows point at class 0
+    if bool(xp.any((safe < 0) | (safe >= weight.shape[0]))):
+        raise ValueError(f"linear_cross_entropy: targets must lie in [0, {weight.shape[0]}) or equal "
+                         f"ignore_index={ignore_index}")
+    return valid, safe
+
+
+def _exp_in_place(xp, z):
+    """exp(z), written over z where the namespace takes ``out=`` (NumPy, CuPy): one (R, V) array, not two."""
+    if backend.backend_name(xp) in ("numpy", "cupy"):
+        return xp.exp(z, out=z)
+    return xp.exp(z)
+
+
+def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS, grad_h=False,
+             grad_w=False):
+    """loss (scalar) and its VJP; gh (N, C) and gW (V, C) are filled chunk by chunk when asked for."""
+    xp = backend.namespace_of(h, weight)
+    valid, safe = _check(xp, h, weight, targets, ignore_index)
+    n, v = h.shape[0], weight.shape[0]
+    n_valid = int(xp.sum(xp.astype(valid, xp.int64)))
+    denom = float(n_valid if n_valid else 1)
+    scale = xp.where(valid, xp.full(valid.shape, 1.0 / denom, dtype=h.dtype),
+                     xp.zeros(valid.shape, dtype=h.dtype))  # (N,) d loss / d (lse_n - z_n[t_n])
+    classes = xp.arange(v, dtype=safe.dtype)[None, :]  # (1, V)
+    gh = xp.zeros(h.shape, dtype=h.dtype) if grad_h else None
+    gw = xp.zeros(weight.shape, dtype=weight.dtype) if grad_w else None
+    total = xp.zeros((), dtype=h.dtype)
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        hc, tc, sc = h[start:stop, :], safe[start:stop], scale[start:stop]
+        z = xp.matmul(hc, weight.mT)  # (R, V) logits of this chunk
+        row_max = xp.max(z, axis=1, keepdims=True)  # (R, 1)
+        picked = xp.take_along_axis(z, xp.reshape(tc, (-1, 1)), axis=1)[:, 0]  # (R,)
+        z -= row_max
+        z = _exp_in_place(xp, z)  # (R, V) unnormalized softmax
+        row_sum = xp.sum(z, axis=1, keepdims=True)  # (R, 1)
+        total = total + xp.sum(sc * (xp.log(row_sum[:, 0]) + row_max[:, 0] - picked))
+        if gh is not None or gw is not None:
+            z *= sc[:, None] / row_sum  # softmax * scale
+            z[xp.reshape(tc, (-1, 1)) == classes] -= sc  # one True per row, in row order: - onehot * scale
+            if gh is not None:
+                gh[start:stop, :] = xp.matmul(z, weight)  # (R, C)
+            if gw is not None:
+                gw += xp.matmul(z.mT, hc)  # (V, C)
+        del z  # before the next chunk's logits exist: one chunk at a time
+
+    def vjp(g, needs):
+        return (gh * g if needs[0] else None, gw * g if needs[1] else None, None)
+    return total, vjp
+
+
+LINEAR_CROSS_ENTROPY = Primitive("linear_cross_entropy", _forward, fused=True)
+
+
+def linear_cross_entropy(h, weight, targets, ignore_index: int = -100,
+                         chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
+    """Mean cross entropy of logits h W^T (never formed whole) against targets; see the module doc.
+
+    h (N, C) Tensor, weight (V, C) Tensor (e.g. lm_head.weight), targets int (N,) array -> scalar.
+    """
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0:
+        raise ValueError(f"linear_cross_entropy: chunk_rows must be a positive integer, got {chunk_rows!r}")
+    h = h if isinstance(h, Tensor) else Tensor(h)
+    weight = weight if isinstance(weight, Tensor) else Tensor(weight)
+    targets = targets.data if isinstance(targets, Tensor) else targets
+    grad = is_grad_enabled()
+    return apply(LINEAR_CROSS_ENTROPY, h, weight, targets, ignore_index=ignore_index, chunk_rows=chunk_rows,
+                 grad_h=grad and h.requires_grad, grad_w=grad and weight.requires_grad)

@@ -1,0 +1,113 @@
+"""Chunked lm_head + cross entropy equals cross_entropy(h W^T, t): loss and both gradients, any chunking."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minilora import backend, kernels
+from minilora.lm_head_loss import LINEAR_CROSS_ENTROPY, linear_cross_entropy
+from minilora.models import Transformer, lm_loss
+from minilora.models.config import ModelConfig
+from minilora.tensor import Tensor, no_grad
+from minilora.testing import gradcheck
+
+
+def _problem(xp, seed, n, c, v, ignored, dtype):
+    rng = np.random.default_rng(seed)
+    h = backend.from_numpy(rng.standard_normal((n, c)).astype(dtype), xp)
+    w = backend.from_numpy((rng.standard_normal((v, c)) * 2).astype(dtype), xp)
+    t = rng.integers(0, v, n)
+    t[rng.random(n) < ignored] = -100
+    return h, w, backend.from_numpy(t, xp)
+
+
+def _loss_and_grads(fn, h, w, t):
+    hh, ww = Tensor(h, requires_grad=True), Tensor(w, requires_grad=True)
+    loss = fn(hh, ww, t)
+    loss.backward(loss.xp.asarray(0.75, dtype=loss.dtype))  # a cotangent other than 1 is scaled through
+    return [backend.to_numpy(a) for a in (loss.data, hh.grad, ww.grad)]
+
+
+def _unchunked(h, w, t):
+    return kernels.cross_entropy(kernels.linear(h, w), t)
+
+
+@given(n=st.integers(1, 13), c=st.integers(1, 6), v=st.integers(1, 9), chunk=st.integers(1, 16),
+       ignored=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_chunked_equals_unchunked_in_float32(xp, n, c, v, chunk, ignored, seed):
+    h, w, t = _problem(xp, seed, n, c, v, ignored, np.float32)
+    ref = _loss_and_grads(_unchunked, h, w, t)
+    got = _loss_and_grads(lambda a, b, y: linear_cross_entropy(a, b, y, chunk_rows=chunk), h, w, t)
+    for name, a, b in zip(("loss", "grad h", "grad W"), got, ref):
+        assert a.dtype == np.float32, name
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+def test_gradcheck_float64():
+    h, w, t = _problem(np, 3, 7, 4, 11, 0.2, np.float64)
+    gradcheck(lambda a, b: linear_cross_entropy(a, b, t, chunk_rows=3), Tensor(h, requires_grad=True),
+              Tensor(w, requires_grad=True), rtol=1e-6)
+
+
+def test_only_wanted_gradients_are_computed():
+    h, w, t = _problem(np, 4, 6, 3, 5, 0.0, np.float64)
+    hh, ww = Tensor(h, requires_grad=True), Tensor(w)  # a frozen head (tied embeddings under LoRA)
+    loss = linear_cross_entropy(hh, ww, t, chunk_rows=4)
+    loss.backward()
+    assert hh.grad is not None and ww.grad is None
+    with no_grad():
+        assert not linear_cross_entropy(hh, Tensor(w, requires_grad=True), t).requires_grad
+
+
+def test_chunk_memory_is_about_one_chunk_not_the_logits():
+    """One (R, V) float32 chunk (exp in place), its boolean one-hot and gh: about 1.3 / 16 of the logits."""
+    n, c, v, chunk = 512, 16, 4096, 32
+    h, w, t = _problem(np, 5, n, c, v, 0.0, np.float32)
+    tracemalloc.start()
+    try:
+        loss, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=chunk, grad_h=True)
+        vjp(np.float32(1.0), (True, False, False))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    logits_bytes = n * v * 4
+    assert peak < 0.12 * logits_bytes, f"peak {peak / logits_bytes:.2f} of the whole (N, V) logits"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_chunk_rows(bad):
+    h, w, t = _problem(np, 0, 3, 2, 4, 0.0, np.float32)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        linear_cross_entropy(Tensor(h), Tensor(w), t, chunk_rows=bad)
+
+
+def test_bad_targets():
+    h, w, _ = _problem(np, 0, 3, 2, 4, 0.0, np.float32)
+    with pytest.raises(ValueError, match="targets must lie"):
+        linear_cross_entropy(Tensor(h), Tensor(w), np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match="targets must be integers of shape"):
+        linear_cross_entropy(Tensor(h), Tensor(w), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lm_loss_chunked_matches_whole_logits(tied):
+    config = ModelConfig(style="llama", vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                         tie_word_embeddings=tied)
+    ids = np.random.default_rng(0).integers(0, 50, (2, 9))
+    targets = ids.copy()
+    targets[0, :3] = -100
+    results = []
+    for chunk in (None, 5):
+        model = Transformer(config, seed=0)
+        loss = lm_loss(model, ids, targets, chunk_rows=chunk)
+        loss.backward()
+        results.append((loss.item(), {k: p.grad for k, p in model.named_parameters()}))
+    (l1, g1), (l2, g2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-4, atol=1e-6, err_msg=k)

@@ -1,0 +1,91 @@
+"""The NumPy dequantize fast path, the shared dequantize buffer and the keep-for-backward setting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minilora import backend, nn
+from minilora.models import checkpoint
+from minilora.models.checkpoint import is_recomputing
+from minilora.quant import Linear4bit, dequantize_4bit, quantize_4bit
+from minilora.quant import linear4bit
+from minilora.quant.blockwise import byte_table, dequantize_blocks_4bit, to_blocks
+from minilora.quant.quantize import dequantized_absmax
+from minilora.tensor import Tensor
+
+
+def _portable(packed, state):
+    """The row-wise gather of the (256, 2) table, as every non-NumPy backend runs it."""
+    n = state.numel
+    values = np.take(byte_table(np, state.code), packed, axis=0).reshape(-1)[:n]
+    return (to_blocks(np, values, state.blocksize) * dequantized_absmax(state)[:, None]).reshape(-1)[:n]
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("shape,blocksize", [((64, 96), 64), ((33, 128), 128), ((7, 9), 64), ((5, 13), 32)])
+def test_fast_path_equals_the_portable_gather_bit_for_bit(quant_type, double_quant, shape, blocksize):
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3
+    packed, state = quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    got = dequantize_4bit(packed, state)
+    assert got.shape == shape and got.dtype == np.float32
+    assert got.reshape(-1).tobytes() == _portable(packed, state).tobytes()
+
+
+def test_out_buffer_is_written_and_checked():
+    w = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    packed, state = quantize_4bit(w)
+    buf = np.full(w.size, np.nan, np.float32)
+    got = dequantize_4bit(packed, state, out=buf)
+    assert np.shares_memory(got, buf) and got.tobytes() == dequantize_4bit(packed, state).tobytes()
+    with pytest.raises(ValueError, match="out must be float32"):
+        dequantize_4bit(packed, state, out=np.empty(w.size - 1, np.float32))
+    short = np.empty(15, np.float32)  # the portable path (odd count, short block) writes into out too
+    p2, s2 = quantize_4bit(w.reshape(-1)[:15])
+    assert dequantize_blocks_4bit(np, p2, dequantized_absmax(s2), 15, 64, s2.code, out=short) is short
+
+
+def _qlora_grads(mode, use_checkpoint):
+    old = linear4bit.set_keep_dequantized(mode)
+    try:
+        rng = backend.Random(0, xp=np)
+        layers = [Linear4bit.from_linear(nn.Linear(64, 128, rng=rng)), Linear4bit.from_linear(nn.Linear(128, 64, rng=rng))]
+        x = Tensor(np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32), requires_grad=True)
+
+        def block(h):
+            return layers[1](layers[0](h) * 0.5)
+        y = checkpoint(block, x) if use_checkpoint else block(x)
+        (y * y).sum().backward()
+        return x.grad
+    finally:
+        linear4bit.set_keep_dequantized(old)
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_keep_modes_give_identical_gradients(use_checkpoint):
+    grads = [_qlora_grads(mode, use_checkpoint) for mode in linear4bit.KEEP_MODES]
+    for g in grads[1:]:
+        assert g.tobytes() == grads[0].tobytes()
+
+
+def test_recompute_mode_keeps_weights_only_inside_the_recompute(monkeypatch):
+    calls = []
+    real = linear4bit._dequantized_weight
+
+    def spy(packed, state, dtype, fresh=True):
+        calls.append((fresh, is_recomputing()))
+        return real(packed, state, dtype, fresh)
+    monkeypatch.setattr(linear4bit, "_dequantized_weight", spy)
+    layer = Linear4bit.from_linear(nn.Linear(64, 32, rng=backend.Random(0, xp=np)))
+    x = Tensor(np.ones((2, 64), np.float32), requires_grad=True)
+    checkpoint(layer, x).sum().backward()
+    # no-grad forward: buffer; recompute: kept (fresh); backward: the kept weight, no third dequantize
+    assert calls == [(False, False), (True, True)]
+    calls.clear()
+    layer(x).sum().backward()  # no checkpoint: buffer in forward, dequantized again in backward
+    assert calls == [(False, False), (False, False)]
+
+
+def test_bad_keep_mode():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        linear4bit.set_keep_dequantized("sometimes")
