@@ -5,7 +5,6 @@ its flags onto these fields; a JSON or YAML file (--config) may set them too, fl
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -16,6 +15,7 @@ from .checkpoint import checkpoint_path
 from .data.jsonl import check_jsonl_folder
 from .data.tasks import TASKS
 from .errors import ConfigError, MissingFileError
+from .io.files import read_json
 from .io.pretrained import DEFAULT_MODEL_NAMES
 from .io.safetensors_io import read_safetensors_metadata
 
@@ -186,14 +186,16 @@ class FinetuneConfig:
     @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "FinetuneConfig":
         """Fields from a JSON or YAML file, then ``overrides``; unknown keys warn and are ignored."""
-        if not os.path.isfile(path):
-            raise MissingFileError(path, "config file")
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
-        if path.endswith((".yaml", ".yml")):
+        if not path.endswith((".yaml", ".yml")):
+            data = read_json(path, "config file")
+        else:
+            if not os.path.isfile(path):
+                raise MissingFileError(path, "config file")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
             try:
                 import yaml  # imported here: PyYAML is optional, only YAML configs need it
             except ImportError as exc:
@@ -202,11 +204,6 @@ class FinetuneConfig:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of field names to values")
         known = {f.name for f in fields(cls)}

@@ -17,14 +17,19 @@ def regular_file_size(path, what: str) -> int:
     return os.path.getsize(path)
 
 
-def read_json_object(path, what: str | None = None) -> dict:
-    """The JSON object stored in ``path``; FileFormatError naming the file when it is not one."""
+def read_json(path, what: str | None = None):
+    """The JSON value stored in ``path``; FileFormatError naming the file when it is not valid JSON."""
     regular_file_size(path, what or os.path.basename(os.fspath(path)))
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except (OSError, ValueError, RecursionError) as exc:
         raise FileFormatError(path, f"not valid JSON: {exc}") from None
+
+
+def read_json_object(path, what: str | None = None) -> dict:
+    """The JSON object stored in ``path``; FileFormatError naming the file when it is not one."""
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise FileFormatError(path, f"expected a JSON object, got {type(data).__name__}")
     return data
