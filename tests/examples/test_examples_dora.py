@@ -2,18 +2,16 @@
 teacher, merges, reloads, and mixes adapters per row."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dora_basics.py"
+from example_runner import example_path, load_example
+
+EXAMPLE = example_path("dora_basics")
 
 
 def test_dora_basics_claims(capsys):
-    spec = importlib.util.spec_from_file_location("dora_basics", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("dora_basics")
     result = module.main()
     assert result["at_init"] == 0.0
     assert result["dora_loss"] < result["lora_loss"] / 1000  # the magnitude vector holds diag(c)

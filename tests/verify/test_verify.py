@@ -18,7 +18,7 @@ from minilora.tensor import PRIMITIVES, Primitive
 from minilora.verify import deviation, main, run_backend
 from minilora.verify import runner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def verify(backend="numpy", dtype="float64", examples=1, json_path=None):

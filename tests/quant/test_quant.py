@@ -15,7 +15,7 @@ from minilora.quant import (QuantState, dequantize_4bit, dequantized_absmax, dyn
 from minilora.quant.blockwise import unpack_nibbles
 from minilora.quant.codebooks import linspace_f32
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 NF4_TABLE = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from tiny_run import tiny_run, trainable_arrays
 
 import minilora.checkpoint
 import minilora.finetune
@@ -28,8 +29,9 @@ from minilora import backend, cli
 from minilora.checkpoint import load_checkpoint, save_checkpoint
 from minilora.nn import Dropout, Linear, Module
 from minilora.optim import AdamW
+from minilora.train import History, TrainConfig, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
@@ -76,7 +78,7 @@ def run_saver(path: str, end: int) -> None:
 
 
 def _child(path, end):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_reliability_resume import run_saver; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_resume import run_saver; "
             "run_saver(sys.argv[2], int(sys.argv[3]))")
     return subprocess.Popen([sys.executable, "-c", code, os.path.dirname(__file__), str(path), str(end)],
                             stdout=subprocess.PIPE, text=True, env=ENV)
@@ -204,3 +206,51 @@ def test_sigkill_of_the_real_command_then_resume_finishes_bit_identical(uninterr
     result = _cli(tmp_path, "--resume")
     assert f"at step {step + 1}" in result.stdout
     _assert_same(_outcome(tmp_path), uninterrupted)
+
+
+# ---------------------------------------------------------------- exact resume in the library
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(steps=8, progress=False)
+    model, opt, batches = tiny_run()
+    full = train(model, opt, batches, cfg)
+    expected = trainable_arrays(model)
+
+    model, opt, batches = tiny_run()
+    path = tmp_path / "ckpt.safetensors"
+
+    def save_at(step, history):
+        if step == 3:
+            save_checkpoint(path, model, opt, step, history)
+    train(model, opt, batches, TrainConfig(steps=8, save_every=4, progress=False), save_checkpoint=save_at)
+
+    model, opt, batches = tiny_run()  # a fresh process would start like this
+    state = load_checkpoint(path, model, opt)
+    assert state["step"] == 3
+    history = History(**state["history"])
+    resumed = train(model, opt, batches, cfg, start_step=state["step"] + 1, history=history)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(trainable_arrays(model)[name], value, err_msg=name)
+    assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in full.steps]
+
+
+def test_adalora_resume_masks_exactly_like_an_uninterrupted_run(tmp_path):
+    from minilora.lora import AdaLoraConfig
+
+    def setup():
+        return tiny_run(AdaLoraConfig(init_r=4, target_r=2, total_step=10, tinit=2, tfinal=2,
+                                    target_modules=["q_proj", "v_proj"]))
+    cfg = TrainConfig(steps=10, progress=False)
+    model, opt, batches = setup()
+    train(model, opt, batches, cfg)
+    expected, pattern = trainable_arrays(model), model.peft_config["default"].rank_pattern
+    model, opt, batches = setup()
+    path = tmp_path / "ckpt.safetensors"
+    train(model, opt, batches, TrainConfig(steps=10, save_every=1, progress=False),
+          save_checkpoint=lambda step, h: step == 4 and save_checkpoint(path, model, opt, step, h))
+    model, opt, batches = setup()
+    state = load_checkpoint(path, model, opt)
+    train(model, opt, batches, cfg, start_step=state["step"] + 1, history=History(**state["history"]))
+    assert model.peft_config["default"].rank_pattern == pattern
+    for name, value in expected.items():
+        np.testing.assert_array_equal(trainable_arrays(model)[name], value, err_msg=name)

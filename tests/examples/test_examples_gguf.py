@@ -2,18 +2,16 @@
 the F32 GGUF export reads back bit for bit, the Q8_0 one within its rounding."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gguf_roundtrip.py"
+from example_runner import example_path, load_example
+
+EXAMPLE = example_path("gguf_roundtrip")
 
 
 def test_gguf_roundtrip_loads_nf4_and_exports_exactly(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("gguf_roundtrip", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("gguf_roundtrip")
     result = module.main(folder=str(tmp_path))
     assert result["nf4_bytes_equal"]
     assert result["F32"] == 0.0 and result["F32_greedy_equal"]

@@ -2,23 +2,16 @@
 merge keeps outputs, the re-quantized merge reports what survived, ~4.13 bits per parameter."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "qlora_basics.py"
+from example_runner import example_path, load_example
 
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("qlora_basics", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+EXAMPLE = example_path("qlora_basics")
 
 
 def test_qlora_basics_trains_merges_and_reports(capsys):
-    result = load_example().main(steps=120)
+    result = load_example("qlora_basics").main(steps=120)
     assert result["last_loss"] < result["first_loss"] / 10  # the adapters learned on the 4-bit base
     assert result["gap_float"] < 1e-5  # float merge == unmerged QLoRA output (float32 rounding)
     assert all(b <= 4.13 for b in result["bits"])

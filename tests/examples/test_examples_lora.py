@@ -1,23 +1,16 @@
 """examples/lora_basics.py runs and shows what it claims: training helps, merging keeps outputs."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lora_basics.py"
+from example_runner import example_path, load_example
 
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("lora_basics", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+EXAMPLE = example_path("lora_basics")
 
 
 def test_lora_basics_trains_merges_and_reloads(capsys):
-    result = load_example().main()
+    result = load_example("lora_basics").main()
     assert result["last_loss"] < result["first_loss"] / 100  # the adapter learned the rank-2 change
     assert result["gap_merge"] < 1e-5 and result["gap_plain"] < 1e-5  # float32: merged == unmerged
     assert result["gap_reload"] == 0.0  # files round-trip bit for bit

@@ -1,16 +1,14 @@
 """examples/loraplus_basics.py runs and shows what it claims."""
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "loraplus_basics.py"
+from example_runner import example_path, load_example
+
+EXAMPLE = example_path("loraplus_basics")
 
 
 def test_loraplus_example_ratio_one_is_plain_and_ratio_sixteen_learns_faster():
-    spec = importlib.util.spec_from_file_location("loraplus_basics", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("loraplus_basics")
     result = module.main(steps=60)
     assert result["identical"]
     assert result["plus"][0] == result["plain"][0]  # same start

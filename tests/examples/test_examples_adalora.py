@@ -1,25 +1,18 @@
 """examples/adalora_basics.py runs and shows what it claims: pruning to the budget, learning, exact files."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "adalora_basics.py"
+from example_runner import example_path, load_example
 
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("adalora_basics", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+EXAMPLE = example_path("adalora_basics")
 
 
 def test_adalora_basics_prunes_learns_reloads_and_converts(capsys):
-    result = load_example().main()
+    result = load_example("adalora_basics").main()
     assert sum(result["ranks"].values()) == result["target"] == 20
     assert result["after"] < result["before"] - 0.1
     assert result["gap_reload"] < 1e-5 and result["gap_lora"] < 1e-5  # float32 round-off at most

@@ -357,7 +357,7 @@ def test_numpy_and_array_api_strict_agree(style, dtype, rtol, atol):
 def _load_bench():
     import importlib.util
     import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_step.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_step.py"
     spec = importlib.util.spec_from_file_location("bench_step", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

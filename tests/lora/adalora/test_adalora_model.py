@@ -1,62 +1,17 @@
-"""AdaLoraModel, its config, PEFT-format files with rank patterns, to_lora and the rank picture."""
+"""AdaLoraModel, its config, to_lora and the rank picture (its files: test_adalora_save_load.py)."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from minilora import backend, nn
-from minilora.lora import (AdapterLoadError, LoraModel, config_from_dict, get_lora_model, load_adapter,
-                           save_adapter)
-from minilora.lora.adalora import (AdaLoraConfig, AdaLoraModel, SVDLinear, load_adalora_adapter,
-                                   plot_rank_pattern, save_adalora_adapter, to_lora)
+from minilora.lora import LoraModel, config_from_dict, get_lora_model, load_adapter, save_adapter
+from minilora.lora.adalora import AdaLoraConfig, AdaLoraModel, SVDLinear, plot_rank_pattern, to_lora
 from minilora.lora.adalora.plot import rank_table
-from minilora.tensor import Tensor, no_grad
 
-
-class Net(nn.Module):
-    def __init__(self, seed=0, d=6):
-        rng = backend.Random(seed, np)
-        self.blocks = nn.ModuleList(_Block(d, rng) for _ in range(2))
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = b(x)
-        return x
-
-
-class _Block(nn.Module):
-    def __init__(self, d, rng):
-        self.q_proj = nn.Linear(d, d, dtype=np.float64, rng=rng)
-        self.v_proj = nn.Linear(d, d + 1, dtype=np.float64, rng=rng)
-        self.out = nn.Linear(d + 1, d, dtype=np.float64, rng=rng)
-
-    def forward(self, x):
-        return self.out(self.v_proj(self.q_proj(x).tanh()).tanh())
-
-
-CFG = dict(init_r=4, target_r=2, total_step=20, lora_alpha=6, target_modules=["q_proj", "v_proj"])
-X = Tensor(np.random.default_rng(0).normal(size=(5, 6)))
-
-
-def trained(seed=0, **kw):
-    """An AdaLoraModel with random triplets and a rank pattern where blocks.1.q_proj keeps nothing."""
-    model = get_lora_model(Net(seed), AdaLoraConfig(**{**CFG, **kw}))
-    rng = np.random.default_rng(seed + 1)
-    for p in model.trainable_parameters():
-        p.data = rng.normal(size=p.shape)
-    pattern = {"blocks.0.q_proj.lora_E": [True, False, True, False], "blocks.0.v_proj.lora_E": [True] * 4,
-               "blocks.1.q_proj.lora_E": [False] * 4, "blocks.1.v_proj.lora_E": [False, False, False, True]}
-    model.peft_config["default"].rank_pattern = pattern
-    model.rankallocator.mask_using_rank_pattern(pattern)
-    return model
-
-
-def out(model):
-    with no_grad():
-        return model(X).numpy()
+from adalora_toy import CFG, Net, out, trained
 
 
 def test_get_lora_model_dispatches_on_the_config_type():
@@ -97,42 +52,6 @@ def test_config_validation_names_the_field():
     with pytest.warns(UserWarning, match="unknown"):
         again = config_from_dict({**data, "some_future_key": 1})
     assert isinstance(again, AdaLoraConfig) and again == config
-
-
-def test_save_writes_peft_keys_sliced_to_the_pattern_and_loads_rank_zero(tmp_path):
-    model = trained()
-    expected = out(model)
-    folder = save_adalora_adapter(model, tmp_path)
-    from safetensors.numpy import load_file
-    tensors = load_file(os.path.join(folder, "adapter_model.safetensors"))
-    assert {k: v.shape for k, v in tensors.items()} == {
-        "base_model.model.blocks.0.q_proj.lora_A": (2, 6), "base_model.model.blocks.0.q_proj.lora_E": (2, 1),
-        "base_model.model.blocks.0.q_proj.lora_B": (6, 2), "base_model.model.blocks.0.v_proj.lora_A": (4, 6),
-        "base_model.model.blocks.0.v_proj.lora_E": (4, 1), "base_model.model.blocks.0.v_proj.lora_B": (7, 4),
-        "base_model.model.blocks.1.q_proj.lora_A": (0, 6), "base_model.model.blocks.1.q_proj.lora_E": (0, 1),
-        "base_model.model.blocks.1.q_proj.lora_B": (6, 0), "base_model.model.blocks.1.v_proj.lora_A": (1, 6),
-        "base_model.model.blocks.1.v_proj.lora_E": (1, 1), "base_model.model.blocks.1.v_proj.lora_B": (7, 1)}
-    config = json.load(open(os.path.join(folder, "adapter_config.json")))
-    assert config["peft_type"] == "ADALORA" and config["rank_pattern"] == model.peft_config["default"].rank_pattern
-    loaded = load_adalora_adapter(Net(), tmp_path)
-    layers = dict(loaded.svd_layers())
-    assert {p: m.r["default"] for p, m in layers.items()} == {
-        "blocks.0.q_proj": 2, "blocks.0.v_proj": 4, "blocks.1.q_proj": 0, "blocks.1.v_proj": 1}
-    assert all(m.ranknum["default"] == 4 for m in layers.values())  # the scale is unchanged
-    np.testing.assert_allclose(out(loaded), expected, rtol=1e-13, atol=1e-14)
-    assert not any(p.requires_grad for p in loaded.parameters())
-    again = save_adalora_adapter(loaded, tmp_path / "again")  # a resized model saves the same tensors
-    for key, value in load_file(os.path.join(again, "adapter_model.safetensors")).items():
-        np.testing.assert_array_equal(value, tensors[key])
-
-
-def test_load_into_the_wrong_model_lists_every_problem_and_changes_nothing(tmp_path):
-    save_adalora_adapter(trained(), tmp_path)
-    base = Net(d=5)
-    with pytest.raises(AdapterLoadError) as info:
-        load_adalora_adapter(base, tmp_path)
-    assert str(info.value).count("expected shape") == 8 and "lora_E" not in str(info.value) and "blocks.1.q_proj.lora_B" in str(info.value)
-    assert not any(isinstance(m, SVDLinear) for _, m in base.named_modules())
 
 
 def test_to_lora_gives_identical_outputs_and_plain_peft_lora_files(tmp_path):
