@@ -114,7 +114,7 @@ class _Explicit(argparse.Action):
 
 
 def _add_finetune(sub) -> None:
-    from .finetune_config import FinetuneConfig
+    from .finetune_config import DISTRIBUTED_MODES, FinetuneConfig
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune a model with LoRA, QLoRA or AdaLoRA",
                        description="Fine-tune a pretrained model on a generated task or your JSONL data. "
@@ -141,6 +141,8 @@ def _add_finetune(sub) -> None:
     add("--save-every", dest="save_every", type=int, default=d.save_every, help="checkpoint every N steps")
     add("--eval-examples", dest="eval_examples", type=int, default=d.eval_examples)
     add("--target-r", dest="target_r", type=int, default=d.target_r, help="AdaLoRA: final average rank")
+    add("--distributed", default=d.distributed, choices=DISTRIBUTED_MODES,
+        help="data-parallel over MPI: auto (when mpiexec starts several processes), mpi, none")
     p.add_argument("--config", help="JSON or YAML file of the same settings (flags override it)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="print lines, not a bar")
     p.set_defaults(func=_finetune, explicit=set())
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
         return args.func(args)
     except (MiniloraError, ValueError, FileNotFoundError) as exc:
         print(f"minilora {args.command}: error: {exc}", file=sys.stderr)
+        from .distributed import abort_peers
+        abort_peers(2, getattr(args, "distributed", None))  # under mpiexec: end the other ranks too
         return 2
 
 

@@ -17,6 +17,7 @@ import time
 from . import backend
 from .finetune_config import FinetuneConfig
 
+NOT_EVALUATED = {"exact_match": float("nan"), "n": 0, "samples": []}  # ranks other than 0 (data-parallel)
 TINY_MODEL = dict(style="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256)
 
@@ -80,8 +81,12 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
     from .evaluate import exact_match
     from .train import History, TrainConfig, TrainingStopped, train
 
+    from .distributed import start_data_parallel
     cfg.validate()
     tic = time.perf_counter()
+    dp = start_data_parallel(cfg.distributed, batch_size=cfg.batch_size, backend=cfg.backend)  # None: one process
+    main = dp is None or dp.is_main  # only rank 0 reports, evaluates and writes
+    log = dp.main_only(log) if dp is not None else log
     with backend.use_backend(cfg.backend):
         model, tokenizer = load_model_and_tokenizer(cfg)
         log(f"loaded {cfg.model}: {model.num_parameters():,} parameters ({time.perf_counter() - tic:.1f} s)")
@@ -94,31 +99,39 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         optimizer = make_optimizer(model, cfg)
         encoded = [encode_example(tokenizer, p, c, cfg.max_seq_len, mask_prompt=bool(p)) for p, c in train_set]
         batches = Batches(encoded, cfg.batch_size, getattr(tokenizer, "pad_token_id", None) or 0, seed=cfg.seed)
-        before = exact_match(model, tokenizer, eval_set)
+        batches = dp.shard(batches) if dp is not None else batches  # this rank's rows of each global batch
+        before = exact_match(model, tokenizer, eval_set) if main else NOT_EVALUATED
         log(f"before: exact match {before['exact_match']:.1%} on {before['n']} held-out examples")
         _log_sample(log, before)
-        os.makedirs(cfg.out, exist_ok=True)
+        if main:
+            os.makedirs(cfg.out, exist_ok=True)
         ckpt = checkpoint_path(cfg.out)
         start, history = 0, History()
         if cfg.resume:
             state = load_checkpoint(ckpt, model, optimizer)
             start, history = state["step"] + 1, History(**(state["history"] or {}))
             log(f"resumed from {ckpt} at step {start}")
+        if dp is not None:  # every rank holds the same base, adapters and optimizer state, or stop here
+            dp.check_identical(model, optimizer, "at start")
+            log(f"data-parallel over {dp.size} ranks: {cfg.batch_size // dp.size} of each batch of {cfg.batch_size}")
 
         def save(step, hist):
             save_checkpoint(ckpt, model, optimizer, step, hist, extra={"config": cfg.to_dict()})
 
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else (0.3 if cfg.method == "qlora" else 1.0)
         train_cfg = TrainConfig(steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1),
-                                max_grad_norm=max_norm, save_every=cfg.save_every, progress=cfg.progress)
+                                max_grad_norm=max_norm, save_every=cfg.save_every, progress=cfg.progress and main)
         if start < cfg.steps:
             try:
                 history = train(model, optimizer, batches, train_cfg, start_step=start, history=history,
-                                save_checkpoint=save, log=log)
+                                save_checkpoint=save if main else None, log=log, data_parallel=dp)
             except TrainingStopped as exc:  # keep the evidence: history.json lists the skipped steps
-                _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
+                if main:
+                    _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
                 last = f"the last checkpoint is {ckpt}" if os.path.isfile(ckpt) else "no checkpoint was written"
                 raise TrainingStopped(f"{exc}; {last}; history.json lists the skipped steps") from None
+        if dp is not None and not dp.end_of_training(model, optimizer):
+            return {}  # ranks other than 0 waited, asleep, while rank 0 evaluated and wrote the outputs
         after = exact_match(model, tokenizer, eval_set)
         log(f"after:  exact match {after['exact_match']:.1%} on {after['n']} held-out examples")
         _log_sample(log, after)
@@ -128,6 +141,8 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
                "config": cfg.to_dict()}
     _write_json(os.path.join(cfg.out, "summary.json"), summary)
     log(f"wrote {cfg.out}/adapter, history.json, summary.json ({summary['seconds']:.0f} s in all)")
+    if dp is not None:
+        dp.finish()
     return summary
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from . import backend
+from .distributed.communicator import MODES as DISTRIBUTED_MODES
 from .errors import ConfigError, MissingFileError
 
 METHODS = ("lora", "qlora", "adalora")
@@ -46,6 +47,7 @@ class FinetuneConfig:
     target_r: int = 4                # AdaLoRA: final average rank (r is its initial rank)
     quant_type: str = "nf4"          # QLoRA: nf4 | fp4
     progress: bool = True
+    distributed: str = "auto"        # auto (MPI when mpiexec started several processes) | mpi | none
 
     def target_list(self):
         return "all-linear" if self.targets.strip() == "all-linear" else \
@@ -78,6 +80,8 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for name in ("loraplus_ratio", "max_grad_norm"):

@@ -57,12 +57,14 @@ class History:
 
 
 def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0, history: History | None = None,
-          evaluate=None, save_checkpoint=None, log=None) -> History:
+          evaluate=None, save_checkpoint=None, log=None, data_parallel=None) -> History:
     """Run steps start_step .. config.steps - 1 and return the history.
 
     batches(step) -> (ids, labels) host int arrays (B, T); evaluate(step) -> dict of metrics;
     save_checkpoint(step, history) writes a checkpoint that resumes at step + 1;
-    log(message) receives progress lines when the progress bar is off.
+    log(message) receives progress lines when the progress bar is off;
+    data_parallel: a minilora.distributed.DataParallel when several processes train together (it
+    weights this rank's loss, all-reduces the gradients and checks AdaLoRA's masks; see its module).
     """
     history = history or History()
     trainable = model.trainable_parameters()
@@ -78,9 +80,14 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
         lr = optimizer.param_groups[0]["initial_lr"] * scheduler.set_step(step)
         loss = lm_loss(model, ids, labels)
         regularizer = getattr(model, "regularization_loss", None)
-        total = loss + regularizer() if regularizer is not None else loss
+        if data_parallel is not None:  # this rank's share of the global batch's objective
+            total = data_parallel.local_objective(loss, regularizer, labels)
+        else:
+            total = loss + regularizer() if regularizer is not None else loss
         loss_value = float(loss.item())
         total.backward()
+        if data_parallel is not None:  # gradients summed over ranks / global token count; the global loss
+            loss_value = data_parallel.all_reduce(trainable, loss_value)
         norm = grad_norm(trainable)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             optimizer.zero_grad()
@@ -102,6 +109,8 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
         tokens = int((labels != -100).sum()) if hasattr(labels, "sum") else 0
         record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm,
                   "tokens_per_s": float(ids.size) / seconds if seconds > 0 else 0.0, "trained_tokens": tokens}
+        if data_parallel is not None:
+            data_parallel.after_step(model, record)
         history.steps.append(record)
         _report(bar, log, record, len(history.bad_steps), config)
         last = step == config.steps - 1
