@@ -187,3 +187,18 @@ def test_a_failure_on_some_rank_ends_the_job_with_a_message(case, tmp_path):
     assert rc != 0
     assert re.search(message, output), output
     assert not os.path.exists(tmp_path / "run" / "adapter")
+
+
+def test_the_example_trains_the_same_on_two_ranks_as_on_one(tmp_path):
+    example = os.path.join(ROOT, "examples", "distributed_basics.py")
+    rc, output, _ = launch((2, [example, str(tmp_path / "two")]))
+    assert rc == 0, output
+    alone = subprocess.run([sys.executable, example, str(tmp_path / "one")], env=ENV, capture_output=True, text=True,
+                           timeout=120)
+    assert alone.returncode == 0, alone.stderr
+    losses = [[float(v) for v in re.search(r"loss per step \(global mean\): (.*)", text).group(1).split()]
+              for text in (output, alone.stdout)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert re.search(r"adapter hash on every rank: \['[0-9a-f]{16}'\]", output)  # one hash for both ranks
+    assert max_relative_difference(adapter(tmp_path / "two"), adapter(tmp_path / "one")) < 1e-4
+    assert len(open(example).read().splitlines()) < 100
