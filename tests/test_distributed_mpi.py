@@ -132,6 +132,16 @@ def test_n_ranks_train_the_same_adapters_as_one_process_to_1e_12(ranks, tmp_path
     assert sum(adalora["kept_ranks"].values()) < 4 * len(adalora["kept_ranks"])  # triplets were pruned
 
 
+def test_arrays_of_another_backend_are_reduced_through_host_buffers(tmp_path):
+    report_path = tmp_path / "report.json"
+    rc, output, _ = launch((2, ["-m", "minilora.distributed.selfcheck", "--steps", "3", "--methods", "lora,adalora",
+                                "--backend", "array_api_strict", "--json", str(report_path)]))
+    assert rc == 0, output
+    report = json.loads(report_path.read_text())
+    assert report["backend"] == "array_api_strict" and report["reducer"] == "HostReducer"
+    assert all(row["max_relative_difference"] <= 1e-12 for row in report["methods"].values())
+
+
 def test_mpiexec_finetune_matches_one_process_and_only_rank_0_reports(tmp_path):
     args = FINETUNE + ["--steps", "4"]
     rc, output, _ = launch((2, args + ["--out", str(tmp_path / "two")]))

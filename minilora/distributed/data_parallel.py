@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ConfigError
 from .communicator import Communicator, install_abort_on_uncaught_exception, wants_mpi
 from .fingerprint import adalora_digest, check_same_on_every_rank, model_digests
-from .reduction import BUCKET_BYTES, all_reduce_gradients, make_reducer
+from .reduction import BUCKET_BYTES, all_reduce_gradients, gradient_bytes, make_reducer
 
 IGNORE_INDEX = -100
 
@@ -100,7 +100,7 @@ class DataParallel:
         self.communicator.allreduce_sum(meta)  # the loss sum and which gradients exist, in one small message
         present = [bool(v > 0) for v in meta[1:]]
         all_reduce_gradients(params, self.reducer, 1.0 / max(n, 1), present, self.bucket_bytes)
-        self.bytes_reduced += sum(p.grad.size * p.grad.dtype.itemsize for p in params if p.grad is not None)
+        self.bytes_reduced += sum(gradient_bytes(p) for p, here in zip(params, present) if here)
         self._last = {"tokens": n, "ids": self._step_ids, "local_ids": self._local_ids}
         self._step_tokens = self._step_ids = self._local_ids = 0
         return float(meta[0]) / max(n, 1)

@@ -30,11 +30,16 @@ GPU_REDUCERS = ("nccl", "mpi")  # MINILORA_GPU_REDUCTION chooses; nccl by defaul
 NCCL_UNIQUE_ID_BYTES = 128  # ncclUniqueId is char[128]
 
 
+def gradient_bytes(p) -> int:
+    """Bytes of a floating parameter's gradient (Array API: finfo(dtype).bits)."""
+    return p.size * p.xp.finfo(p.dtype).bits // 8
+
+
 def plan_buckets(params, bucket_bytes: int = BUCKET_BYTES) -> list:
     """Lists of consecutive params of one dtype with at most ``bucket_bytes`` of gradient each."""
     buckets, current, current_bytes = [], [], 0
     for p in params:
-        nbytes = p.size * p.data.dtype.itemsize if hasattr(p.data.dtype, "itemsize") else p.size * 8
+        nbytes = gradient_bytes(p)
         if current and (current_bytes + nbytes > bucket_bytes or p.dtype != current[0].dtype):
             buckets.append(current)
             current, current_bytes = [], 0

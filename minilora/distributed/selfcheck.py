@@ -65,12 +65,14 @@ def relative_difference(got: dict, want: dict) -> float:
     return worst
 
 
-def run(methods=METHODS, steps: int = 6, batch_size: int = 6) -> dict | None:
-    """Train every method data-parallel and (rank 0) alone; the report on rank 0, None elsewhere."""
+def run(methods=METHODS, steps: int = 6, batch_size: int = 6, backend_name: str = "numpy") -> dict | None:
+    """Train every method data-parallel and (rank 0) alone; the report on rank 0, None elsewhere.
+
+    backend_name "cupy": the gradients are reduced on the GPUs (NCCL, or a CUDA-aware MPI)."""
     from ..train import train
-    dp = start_data_parallel("mpi", batch_size=batch_size)
+    dp = start_data_parallel("mpi", batch_size=batch_size, backend=backend_name)
     results = {}
-    with backend.use_backend("numpy"):
+    with backend.use_backend(backend_name):
         for method in methods:
             model, optimizer, batches, config = build(method, steps, batch_size)
             start = trainable_arrays(model)
@@ -87,6 +89,7 @@ def run(methods=METHODS, steps: int = 6, batch_size: int = 6) -> dict | None:
             dp.finish()  # rank 0 computes the single-process reference meanwhile
             return None
         report = {"ranks": dp.size, "steps": steps, "batch_size": batch_size, "tolerance": TOLERANCE,
+                  "backend": backend_name, "reducer": type(dp.reducer).__name__,
                   "mask_checks": dp.mask_checks, "methods": {}}
         for method, entry in results.items():
             model, optimizer, batches, config = build(method, steps, batch_size)
@@ -110,13 +113,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=6, help="the global batch (divides by the ranks)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "array_api_strict"])
     parser.add_argument("--json", help="rank 0 writes the report here")
     args = parser.parse_args(argv)
-    report = run([m for m in args.methods.split(",") if m], args.steps, args.batch_size)
+    report = run([m for m in args.methods.split(",") if m], args.steps, args.batch_size, args.backend)
     if report is None:
         return 0
     print(f"{report['ranks']} ranks x batch {args.batch_size // report['ranks']} against 1 process x batch "
-          f"{args.batch_size}, {args.steps} steps, float64")
+          f"{args.batch_size}, {args.steps} steps, float64, {args.backend} ({report['reducer']})")
     for method, row in report["methods"].items():
         print(f"  {method:9s} max relative difference {row['max_relative_difference']:.2e} "
               f"(parameters moved {row['moved']:.2e})  {'ok' if row['ok'] else 'MISMATCH'}")
