@@ -42,7 +42,7 @@ BAD_FIELDS = [
     ("resume", True, "--resume: no checkpoint"), ("save_every", -1, "save_every must be"),
     ("eval_examples", 0, "eval_examples must be"), ("n_train", 0, "n_train must be"),
     ("target_r", 0, "target_r must be"), ("quant_type", "nf8", "quant_type must be"),
-    ("progress", None, "progress must be"),
+    ("progress", None, "progress must be"), ("distributed", "yes", "distributed must be one of auto, mpi, none"),
 ]
 
 
@@ -110,7 +110,7 @@ BAD_FLAGS = [
     (["--resume"], "--resume: no checkpoint"), (["--save-every", "-2"], "save_every must be"),
     (["--eval-examples", "0"], "eval_examples must be"), (["--target-r", "0"], "target_r must be"),
     (["--config", "nowhere.json"], "nowhere.json: config file not found"),
-    (["--no-progress", "x"], "unrecognized arguments: x"),
+    (["--no-progress", "x"], "unrecognized arguments: x"), (["--distributed", "yes"], "invalid choice: 'yes'"),
 ]
 
 
