@@ -128,6 +128,8 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
             except TrainingStopped as exc:  # keep the evidence: history.json lists the skipped steps
                 if main:
                     _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
+                if dp is not None:  # every rank stops at the same step: none aborts before rank 0 wrote
+                    dp.finish()
                 last = f"the last checkpoint is {ckpt}" if os.path.isfile(ckpt) else "no checkpoint was written"
                 raise TrainingStopped(f"{exc}; {last}; history.json lists the skipped steps") from None
         if dp is not None and not dp.end_of_training(model, optimizer):

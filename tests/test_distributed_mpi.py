@@ -182,7 +182,8 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes_with_another_numb
     assert [s["step"] for s in history["steps"]] == list(range(step + 5))
 
 
-@pytest.mark.parametrize("case", ["different seeds", "batch does not divide", "bad flag on one rank"])
+@pytest.mark.parametrize("case", ["different seeds", "batch does not divide", "bad flag on one rank",
+                                  "non-finite steps"])
 def test_a_failure_on_some_rank_ends_the_job_with_a_message(case, tmp_path):
     base = FINETUNE + ["--steps", "3", "--out", str(tmp_path / "run")]
     groups, message = {
@@ -192,11 +193,15 @@ def test_a_failure_on_some_rank_ends_the_job_with_a_message(case, tmp_path):
                                   r"--batch-size 4 is the global batch and must divide by the number of ranks \(3\)"),
         "bad flag on one rank": ([(1, base), (1, base + ["--data", str(tmp_path / "missing")])],
                                  r"is neither a task .* nor a folder with train.jsonl"),
+        "non-finite steps": ([(2, base + ["--steps", "30", "--alpha", "1e38"])],  # scaling overflows float32
+                             r"10 consecutive steps had a non-finite loss or gradient"),
     }[case]
     rc, output, _ = launch(*groups, timeout=60)
     assert rc != 0
     assert re.search(message, output), output
     assert not os.path.exists(tmp_path / "run" / "adapter")
+    if case == "non-finite steps":  # every rank stopped at the same step, after rank 0 kept the evidence
+        assert json.loads((tmp_path / "run" / "history.json").read_text())["bad_steps"] == list(range(10))
 
 
 def test_the_example_trains_the_same_on_two_ranks_as_on_one(tmp_path):
