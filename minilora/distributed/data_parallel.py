@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.batching import IGNORE_INDEX
 from ..errors import ConfigError
 from .communicator import Communicator, install_abort_on_uncaught_exception, wants_mpi
 from .fingerprint import adalora_digest, check_same_on_every_rank, model_digests
 from .reduction import BUCKET_BYTES, all_reduce_gradients, gradient_bytes, make_reducer
-
-IGNORE_INDEX = -100
 
 
 class DataParallel:
@@ -45,6 +44,7 @@ class DataParallel:
         self.bytes_reduced = 0        # gradient bytes this rank sent into all-reduces, in all
         self._step_tokens = 0         # global trained tokens of the batches fetched since the last all_reduce
         self._step_ids = self._local_ids = 0
+        self._local_tokens = 0        # trained tokens of this rank's shard in the current step
         self._last = {"tokens": 0, "ids": 0, "local_ids": 0}
 
     @property
@@ -95,7 +95,7 @@ class DataParallel:
         """Sum the ranks' gradients of ``params`` and divide by the global token count; returns the
         global mean loss. Parameters no rank has a gradient for keep grad None."""
         n = self._step_tokens
-        meta = np.array([loss_value * getattr(self, "_local_tokens", 0)] +
+        meta = np.array([loss_value * self._local_tokens] +
                         [p.grad is not None for p in params], dtype=np.float64)
         self.communicator.allreduce_sum(meta)  # the loss sum and which gradients exist, in one small message
         present = [bool(v > 0) for v in meta[1:]]
