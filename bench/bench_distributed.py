@@ -149,7 +149,7 @@ def main(argv=None):
     two = median([r["step_s"] for r in runs if r["ranks"] == 2])
     one_thread = median([r["step_s"] for r in runs if (r["ranks"], r["threads"]) == (1, 1)])
     data_parallel = next(r for r in runs if r["ranks"] == 2)
-    full_bytes = data_parallel["all_params"] * 4
+    full_bytes = (data_parallel["all_params"] - data_parallel["trainable_params"]) * 4  # the model's own weights
     summary = {"one_process_2_threads_step_s": one, "two_ranks_1_thread_step_s": two,
                "speedup_two_ranks": one / two, "one_process_1_thread_step_s": one_thread,
                "speedup_two_ranks_over_1_thread": one_thread / two, "all_reduce_s": median([r["all_reduce_s"] for r in runs
