@@ -70,7 +70,7 @@ def child(steps: int) -> dict:
     train_set, _ = task_splits(cfg.data, n_train=200, n_eval=5)
     batches = Batches([encode_example(tok, p, c, cfg.max_seq_len) for p, c in train_set], cfg.batch_size,
                       tok.eos_token_id, seed=0)
-    starts, reduce_s = [], []
+    starts = []
 
     def timed_batches(step):  # a step starts when it asks for its batch
         starts.append(time.perf_counter())
@@ -78,14 +78,6 @@ def child(steps: int) -> dict:
     source = dp.shard(timed_batches) if dp is not None else timed_batches
     if dp is not None:
         dp.check_identical(model, optimizer)
-        plain_all_reduce = dp.all_reduce
-
-        def timed_all_reduce(params, loss):
-            tic = time.perf_counter()
-            out = plain_all_reduce(params, loss)
-            reduce_s.append(time.perf_counter() - tic)
-            return out
-        dp.all_reduce = timed_all_reduce
     train(model, optimizer, source, TrainConfig(steps=steps + 2, warmup_steps=0, progress=False),
           data_parallel=dp)
     step_s = [b - a for a, b in zip(starts[1:], starts[2:])]  # steps 1 .. steps (step 0 warms up)
@@ -93,7 +85,8 @@ def child(steps: int) -> dict:
               "trainable_params": sum(p.size for p in model.trainable_parameters()),
               "all_params": model.num_parameters()}
     if dp is not None:
-        result.update(all_reduce_s=median(reduce_s[1:]), bytes_per_step=dp.bytes_reduced / len(reduce_s))
+        result.update(all_reduce_s=median(dp.reduce_seconds[1:]),
+                      bytes_per_step=dp.bytes_reduced / len(dp.reduce_seconds))
         if not dp.is_main:
             return {}
     return result

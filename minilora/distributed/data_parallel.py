@@ -23,6 +23,8 @@ wraps the batch function. Only rank 0 (``is_main``) reports, evaluates and write
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..data.batching import IGNORE_INDEX
@@ -42,6 +44,7 @@ class DataParallel:
         self.rank, self.size = communicator.rank, communicator.size
         self.mask_checks = 0          # AdaLoRA mask comparisons made (for reports and tests)
         self.bytes_reduced = 0        # gradient bytes this rank sent into all-reduces, in all
+        self.reduce_seconds = []      # wall time of each step's all-reduces (waiting for the slowest rank included)
         self._step_tokens = 0         # global trained tokens of the batches fetched since the last all_reduce
         self._step_ids = self._local_ids = 0
         self._local_tokens = 0        # trained tokens of this rank's shard in the current step
@@ -95,11 +98,13 @@ class DataParallel:
         """Sum the ranks' gradients of ``params`` and divide by the global token count; returns the
         global mean loss. Parameters no rank has a gradient for keep grad None."""
         n = self._step_tokens
+        tic = time.perf_counter()
         meta = np.array([loss_value * self._local_tokens] +
                         [p.grad is not None for p in params], dtype=np.float64)
         self.communicator.allreduce_sum(meta)  # the loss sum and which gradients exist, in one small message
         present = [bool(v > 0) for v in meta[1:]]
         all_reduce_gradients(params, self.reducer, 1.0 / max(n, 1), present, self.bucket_bytes)
+        self.reduce_seconds.append(time.perf_counter() - tic)
         self.bytes_reduced += sum(gradient_bytes(p) for p, here in zip(params, present) if here)
         self._last = {"tokens": n, "ids": self._step_ids, "local_ids": self._local_ids}
         self._step_tokens = self._step_ids = self._local_ids = 0
