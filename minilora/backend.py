@@ -8,9 +8,17 @@ named helper per gap, each with a NumPy, a CuPy and a portable implementation:
     scatter_add       out[idx[i]] += values[i]   (the embedding backward)
     to_numpy          device array -> host NumPy array (explicit, never silent)
     from_numpy        host NumPy array -> array of a backend
+    to_namespace      any array -> array of a given namespace and dtype (what loaders copy into parameters)
+    dtype_name        NumPy's name of any backend's dtype ("float32")
 
 Backend precedence: the arrays you pass > ``with use_backend("cupy"):`` > the ``MINILORA_BACKEND``
-environment variable > NumPy. There is no settable global.
+environment variable > NumPy. There is no settable global. Four accessors answer the questions a
+caller has:
+
+    namespace_of(*arrays)      the namespace of these arrays (the default one when none is given)
+    default_namespace()        the namespace new arrays are created in when no array decides
+    namespace_named(name)      the namespace of the backend called "numpy", "cupy" or "array_api_strict"
+    backend_name(x)            the name of an array's backend, or of a namespace
 """
 from __future__ import annotations
 
@@ -18,14 +26,13 @@ import contextlib
 import importlib
 import os
 import threading
+import types
+
+from .errors import BackendError
 
 BACKENDS = ("numpy", "cupy", "array_api_strict")
 _ENV_VAR = "MINILORA_BACKEND"
 _local = threading.local()
-
-
-class BackendError(ValueError):
-    """An unknown backend, an unavailable one, or arrays of two backends that meet."""
 
 
 def _check_name(name: str) -> str:
@@ -34,8 +41,8 @@ def _check_name(name: str) -> str:
     return name
 
 
-def get_namespace(name: str):
-    """The array namespace of backend ``name`` (imported on first use)."""
+def namespace_named(name: str):
+    """The array namespace of the backend called ``name`` (imported on first use)."""
     _check_name(name)
     if name == "cupy":
         try:
@@ -53,14 +60,13 @@ def get_namespace(name: str):
 def is_available(name: str) -> bool:
     """True when backend ``name`` can be used on this machine."""
     try:
-        get_namespace(name)
+        namespace_named(name)
         return True
     except (BackendError, ImportError):
         return False
 
 
-def current_backend_name() -> str:
-    """The backend for new arrays: innermost ``use_backend`` > $MINILORA_BACKEND > numpy."""
+def _default_name() -> str:
     stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
@@ -72,41 +78,43 @@ def current_backend_name() -> str:
     return "numpy"
 
 
-def current_namespace():
-    """The namespace new arrays are created in (see ``current_backend_name``)."""
-    return get_namespace(current_backend_name())
+def default_namespace():
+    """The namespace new arrays are created in when no array decides: the innermost
+    ``use_backend`` > $MINILORA_BACKEND > numpy."""
+    return namespace_named(_default_name())
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
     """Create new arrays with backend ``name`` inside the ``with`` block (nesting-safe)."""
-    get_namespace(name)  # fail at the door, not at the first array
+    namespace_named(name)  # fail at the door, not at the first array
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     stack.append(name)
     try:
-        yield get_namespace(name)
+        yield namespace_named(name)
     finally:
         stack.pop()
 
 
-def backend_name_of(array) -> str:
-    """The backend an array belongs to, from its type's module."""
-    module = type(array).__module__.split(".")[0]
-    if module in ("numpy", "cupy", "array_api_strict"):
+def backend_name(array_or_namespace) -> str:
+    """The name ("numpy", "cupy", "array_api_strict") of an array's backend, or of a namespace."""
+    if isinstance(array_or_namespace, types.ModuleType):
+        return _check_name(array_or_namespace.__name__.split(".")[0])
+    module = type(array_or_namespace).__module__.split(".")[0]
+    if module in BACKENDS:
         return module
-    raise BackendError(f"not an array of a known backend: {type(array).__name__}")
+    raise BackendError(f"not an array of a known backend: {type(array_or_namespace).__name__}")
 
 
 def namespace_of(*arrays):
-    """The namespace shared by ``arrays`` (Python scalars and None are ignored).
-
-    Raises BackendError when arrays of two backends meet: minilora never copies silently.
-    """
-    names = {backend_name_of(a) for a in arrays if a is not None and not isinstance(a, (int, float, bool))}
+    """The namespace shared by ``arrays`` (Python scalars and None are ignored; none left: the
+    default namespace). Raises BackendError when arrays of two backends meet: minilora never
+    copies silently."""
+    names = {backend_name(a) for a in arrays if a is not None and not isinstance(a, (int, float, bool))}
     if not names:
-        return current_namespace()
+        return default_namespace()
     if len(names) > 1:
         raise BackendError(f"arrays of different backends meet: {sorted(names)}; "
                            "move them explicitly with to_numpy/from_numpy")
@@ -114,17 +122,12 @@ def namespace_of(*arrays):
     return importlib.import_module(name)
 
 
-def name_of_namespace(xp) -> str:
-    name = xp.__name__.split(".")[0]
-    return _check_name(name)
-
-
 # ---------------------------------------------------------------- host <-> device
 
 def to_numpy(array):
     """A host NumPy copy (or view) of ``array``, whatever its backend."""
     import numpy as np
-    name = backend_name_of(array) if not isinstance(array, np.ndarray) else "numpy"
+    name = backend_name(array) if not isinstance(array, np.ndarray) else "numpy"
     if name == "numpy":
         return array
     if name == "cupy":
@@ -133,19 +136,41 @@ def to_numpy(array):
 
 
 def from_numpy(array, xp=None):
-    """Move a host NumPy array to namespace ``xp`` (default: the current backend)."""
+    """Move a host NumPy array to namespace ``xp`` (default: the default namespace)."""
     import numpy as np
-    xp = current_namespace() if xp is None else xp
-    name = name_of_namespace(xp)
+    xp = default_namespace() if xp is None else xp
+    name = backend_name(xp)
     if not isinstance(array, (np.ndarray, np.generic)):
         if type(array).__module__.split(".")[0] in BACKENDS:
             raise BackendError(f"from_numpy: expected a host NumPy array, got an array of "
-                               f"{backend_name_of(array)!r}; call to_numpy first")
+                               f"{backend_name(array)!r}; call to_numpy first")
         array = np.asarray(array)  # host scalars and nested lists
     array = np.asarray(array)
     if name == "numpy":
         return array
     return xp.asarray(array)
+
+
+def to_namespace(array, xp, dtype=None, copy: bool = True):
+    """``array`` (host NumPy or any backend's) as an array of namespace ``xp`` with ``dtype`` (default:
+    its own): the one way a host array becomes a parameter's data. copy=False shares ``array`` when
+    it has the namespace and dtype already."""
+    import numpy as np
+    if not isinstance(array, np.ndarray) and backend_name(array) != backend_name(xp):
+        array = to_numpy(array)
+    if isinstance(array, np.ndarray) and backend_name(xp) != "numpy":
+        array = from_numpy(np.asarray(array, order="C"), xp)
+    return xp.astype(array, array.dtype if dtype is None else dtype, copy=copy)
+
+
+def dtype_name(dtype) -> str:
+    """NumPy's name of a dtype of any backend: np.float32, cupy's and array_api_strict's float32
+    (which prints as "array_api_strict.float32") all give "float32"."""
+    import numpy as np
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return np.dtype(str(dtype).split(".")[-1]).name
 
 
 # ---------------------------------------------------------------- gap: random numbers
@@ -159,8 +184,8 @@ class Random:
 
     def __init__(self, seed: int = 0, xp=None):
         import numpy as np
-        self.xp = current_namespace() if xp is None else xp
-        self._name = name_of_namespace(self.xp)
+        self.xp = default_namespace() if xp is None else xp
+        self._name = backend_name(self.xp)
         if self._name == "cupy":
             self._gen = self.xp.random.default_rng(seed)
         else:
@@ -206,10 +231,7 @@ class Random:
 
 def _host_dtype(dtype):
     import numpy as np
-    try:
-        return np.dtype(dtype)
-    except TypeError:  # an array_api_strict dtype prints as "array_api_strict.float32"
-        return np.dtype(str(dtype).split(".")[-1])
+    return np.dtype(dtype_name(dtype))
 
 
 # ---------------------------------------------------------------- gap: scatter-add
@@ -222,7 +244,7 @@ def scatter_add(xp, num_rows: int, indices, values):
     if indices.ndim != 1 or values.ndim != 2 or indices.shape[0] != values.shape[0]:
         raise ValueError(f"scatter_add: expected indices (N,) and values (N, C), got shapes "
                          f"{tuple(indices.shape)} and {tuple(values.shape)}")
-    name = name_of_namespace(xp)
+    name = backend_name(xp)
     out = xp.zeros((num_rows, values.shape[1]), dtype=values.dtype)
     if name == "numpy":
         import numpy as np

@@ -56,7 +56,7 @@ def save_checkpoint(path, model, optimizer, step: int, history=None, extra: dict
         "format": "minilora-checkpoint", "version": FORMAT_VERSION, "step": str(int(step)),
         "optimizer": json.dumps({"groups": _jsonable(saved["groups"]), "scalars": scalars}),
         "rng": json.dumps({name: gen.state for name, gen in random_generators(model).items()
-                           if backend.name_of_namespace(gen.xp) != "cupy"}),
+                           if backend.backend_name(gen.xp) != "cupy"}),
         "history": json.dumps(history.to_dict() if hasattr(history, "to_dict") else history),
         "extra": json.dumps(extra or {}),
         "rank_pattern": json.dumps(_rank_pattern(model)),
@@ -105,8 +105,8 @@ def load_checkpoint(path, model, optimizer) -> dict:
     problems += [f"unexpected parameter {n!r}" for n in saved_params if n not in params]
     problems += [f"parameter {n!r}: expected shape {params[n].shape}, found {tuple(v.shape)}"
                  for n, v in saved_params.items() if n in params and tuple(v.shape) != params[n].shape]
-    problems += [f"parameter {n!r}: expected dtype {_dtype_name(params[n])}, found {v.dtype}"
-                 for n, v in saved_params.items() if n in params and str(v.dtype) != _dtype_name(params[n])]
+    problems += [f"parameter {n!r}: expected dtype {backend.dtype_name(params[n].dtype)}, found {v.dtype}"
+                 for n, v in saved_params.items() if n in params and str(v.dtype) != backend.dtype_name(params[n].dtype)]
     problems += [f"unexpected tensor {k!r}" for k in tensors if not k.startswith(("param/", "optim/", "alloc/"))]
     if problems:
         raise FileFormatError(path, "checkpoint does not fit the model: " + "; ".join(problems))
@@ -126,7 +126,7 @@ def load_checkpoint(path, model, optimizer) -> dict:
         raise FileFormatError(path, f"checkpoint optimizer or RNG state is invalid ({type(exc).__name__}: {exc})") \
             from None
     for name, p in params.items():
-        p.data = backend.from_numpy(np.ascontiguousarray(saved_params[name]), p.xp)
+        p.data = backend.to_namespace(saved_params[name], p.xp, p.dtype)
     _restore_adalora(path, model, tensors, metadata)
     return {"step": step, "history": history, "extra": extra}
 
@@ -148,11 +148,6 @@ def _restore_adalora(path, model, tensors: dict, metadata: dict) -> None:
         raise FileFormatError(path, f"checkpoint AdaLoRA state does not fit the model ({exc})") from None
     if pattern:
         model.peft_config[model.trainable_adapter_name].rank_pattern = pattern
-
-
-def _dtype_name(p) -> str:
-    """NumPy's name for a parameter's dtype on any backend ("array_api_strict.float32" -> "float32")."""
-    return str(np.dtype(str(p.dtype).split(".")[-1]))
 
 
 def _check_metadata(path, step, opt_meta, rng_states, history, extra) -> None:
@@ -209,11 +204,11 @@ def _optimizer_state(path, tensors: dict, opt_meta: dict, optimizer) -> tuple:
         if p is None or not name:
             problems.append(f"optimizer state {slot}/{name}: no such parameter slot")
         elif isinstance(value, np.ndarray):
-            if tuple(value.shape) != p.shape or str(value.dtype) != _dtype_name(p):
-                problems.append(f"optimizer state {slot}/{name}: expected {p.shape} {_dtype_name(p)}, "
+            if tuple(value.shape) != p.shape or str(value.dtype) != backend.dtype_name(p.dtype):
+                problems.append(f"optimizer state {slot}/{name}: expected {p.shape} {backend.dtype_name(p.dtype)}, "
                                 f"found {tuple(value.shape)} {value.dtype}")
             else:
-                state.setdefault(slot, {})[name] = backend.from_numpy(np.ascontiguousarray(value), p.xp)
+                state.setdefault(slot, {})[name] = backend.to_namespace(value, p.xp)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             state.setdefault(slot, {})[name] = value
         else:

@@ -11,6 +11,8 @@ content, FileNotFoundError for a missing file, ImportError for a missing optiona
     +-- UnsafePathError                   a name from a file would escape its folder (ValueError)
     +-- DependencyError                   an optional package is not installed (ImportError)
     +-- DataError                         a data file has a bad line (ValueError)
+    +-- BackendError                      an unknown or unavailable array backend, or two that meet (ValueError)
+    +-- StateDictError                    a state dict whose keys or shapes do not fit the module (ValueError)
 """
 from __future__ import annotations
 
@@ -59,3 +61,11 @@ class DependencyError(MiniloraError, ImportError):
 
 class DataError(MiniloraError, ValueError):
     """A training or evaluation data file has a bad line; the message names the file and the line."""
+
+
+class BackendError(MiniloraError, ValueError):
+    """An unknown backend, an unavailable one, or arrays of two backends that meet (minilora.backend)."""
+
+
+class StateDictError(MiniloraError, ValueError):
+    """A state dict whose keys or shapes do not fit the module (Module.load_state_dict)."""

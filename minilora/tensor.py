@@ -103,7 +103,7 @@ class Tensor:
         if isinstance(data, Tensor):
             raise TypeError("Tensor(data): data is already a Tensor; use .detach() or .data")
         if isinstance(data, (int, float, list, tuple)):  # Python values: the current backend
-            data = backend.current_namespace().asarray(data)
+            data = backend.default_namespace().asarray(data)
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -291,5 +291,5 @@ def as_tensor(x, dtype=None, xp=None) -> Tensor:
     """Wrap an array (or nested lists) as a constant Tensor in namespace ``xp``."""
     if isinstance(x, Tensor):
         return x
-    xp = xp or backend.current_namespace()
+    xp = xp or backend.default_namespace()
     return Tensor(xp.asarray(x, dtype=dtype))

@@ -33,7 +33,7 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, rtol: float = 1e-5, atol: float = 
     if not checked:
         raise ValueError("gradcheck: no input requires grad")
     for i in checked:
-        if str(inputs[i].dtype).split(".")[-1] != "float64":
+        if backend.dtype_name(inputs[i].dtype) != "float64":
             raise ValueError(f"gradcheck: input {i} is {inputs[i].dtype}; finite differences need float64")
     rng = np.random.default_rng(seed)
     xp = inputs[checked[0]].xp

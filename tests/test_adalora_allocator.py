@@ -159,6 +159,27 @@ def test_update_and_allocate_phases_end_on_the_target_and_stay_there():
                 assert np.all((e != 0) == np.array(final[f"{path}.lora_E"]))
 
 
+def test_the_allocator_alone_runs_all_three_phases():
+    """RankAllocator.update_and_allocate owns warm-up, cubic budget and the fixed final pattern:
+    driven directly, it leaves the triplets exactly as AdaLoraModel.update_and_allocate does."""
+    kw = dict(init_r=4, target_r=2, total_step=12, tinit=2, tfinal=4)
+    via_model, direct = ada([4, 5, 6, 3], **kw), ada([4, 5, 6, 3], **kw)
+    pattern = None
+    for step in range(16):
+        set_random_grads(via_model, step)
+        set_random_grads(direct, step)
+        via_model.update_and_allocate(step)
+        with no_grad():
+            budget, found = direct.rankallocator.update_and_allocate(step, pattern)
+        pattern = found or pattern
+        assert budget == direct.rankallocator.budget_schedule(step)[0]
+        assert pattern == via_model.peft_config["default"].rank_pattern
+        if step == 8:  # T - tfinal: the final pattern, and the scores are dropped
+            assert found is not None and direct.rankallocator.exp_avg_ipt == {}
+        for (_, a), (_, b) in zip(via_model.rankallocator.layers, direct.rankallocator.layers):
+            np.testing.assert_array_equal(host(a.lora_E["default"]), host(b.lora_E["default"]))
+
+
 def test_equal_init_and_target_rank_never_masks():
     model = ada([3, 3], init_r=2, target_r=2, total_step=5)
     set_random_grads(model, 0)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -191,3 +190,26 @@ def test_rank_pattern_heatmap(tmp_path):
     assert fig.axes[0].images[0].get_array().shape == (2, 2)
     with pytest.raises(ValueError, match="rank_pattern"):
         plot_rank_pattern({})
+
+
+def test_a_lora_adapter_on_an_adalora_layer_is_refused_before_anything_changes():
+    from minilora.errors import MiniloraError
+    from minilora.lora import LoraConfig, inject_adapter
+    model = trained()
+    before = out(model)
+    plain = LoraConfig(r=2, target_modules=["q_proj", "out"])  # q_proj holds SVD triplets, out is a plain Linear
+    with pytest.raises(MiniloraError, match=r"blocks\.0\.q_proj.*SVDLinear.*to_lora"):
+        get_lora_model(model.model, plain, adapter_name="plain")
+    with pytest.raises(MiniloraError, match="SVDLinear"):
+        inject_adapter(model.model, plain, "plain")
+    assert all(isinstance(m, nn.Linear) for p, m in model.model.named_modules() if p.endswith(".out"))
+    assert all("plain" not in m.r for _, m in model.svd_layers())
+    np.testing.assert_array_equal(out(model), before)
+
+
+def test_svd_update_layer_takes_the_lora_signature_with_keyword_only_extras():
+    import inspect
+    from minilora.lora import LoRALinear
+    lora, svd = (inspect.signature(c.update_layer).parameters for c in (LoRALinear, SVDLinear))
+    assert list(svd)[:len(lora)] == list(lora)
+    assert all(svd[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(svd)[len(lora):])

@@ -25,3 +25,32 @@ def test_adalora_round_trip_through_the_generic_functions(tmp_path):
     assert isinstance(loaded, AdaLoraModel)
     loaded.eval()
     np.testing.assert_array_equal(loaded(ids).numpy(), expected)
+
+
+def test_adapter_state_dict_is_what_the_file_holds_for_a_pruned_adalora_model(tmp_path):
+    from safetensors.numpy import load_file
+    from minilora.lora import adapter_state_dict
+    model = get_lora_model(_base(), AdaLoraConfig(total_step=10, init_r=4, target_r=2, init_lora_weights=False,
+                                                  target_modules=["q_proj"]))
+    paths = [p for p, _ in model.svd_layers()]
+    model.peft_config["default"].rank_pattern = {f"{p}.lora_E": [True, False, False, i == 0]
+                                                 for i, p in enumerate(paths)}
+    state = adapter_state_dict(model)
+    save_adapter(model, tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert state.keys() == saved.keys() and state[f"base_model.model.{paths[0]}.lora_A"].shape == (2, 16)
+    assert state[f"base_model.model.{paths[1]}.lora_B"].shape == (16, 1)
+    for key, value in saved.items():
+        np.testing.assert_array_equal(state[key], value)
+
+
+def test_the_generic_file_code_imports_no_adapter_method():
+    """lora/save_load.py and lora/adapter_state.py serve every method through the model class registry."""
+    import ast
+    import pathlib
+    import minilora.lora as lora
+    for name in ("save_load.py", "adapter_state.py"):
+        tree = ast.parse((pathlib.Path(lora.__file__).parent / name).read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if "adalora" in m], (name, imported)
+        assert "ADALORA" not in (pathlib.Path(lora.__file__).parent / name).read_text().split('"""')[2]

@@ -21,7 +21,7 @@ needs_strict = pytest.mark.skipif(not HAVE_STRICT, reason="array_api_strict is n
 
 
 def test_unknown_backend_name_is_a_value_error_naming_it():
-    for call in (lambda: backend.get_namespace("torchy"), lambda: use_backend("torchy").__enter__()):
+    for call in (lambda: backend.namespace_named("torchy"), lambda: use_backend("torchy").__enter__()):
         with pytest.raises(ValueError, match="torchy") as info:
             call()
         assert isinstance(info.value, BackendError) and "numpy" in str(info.value)
@@ -29,32 +29,32 @@ def test_unknown_backend_name_is_a_value_error_naming_it():
 
 def test_environment_variable_selects_the_backend(monkeypatch):
     monkeypatch.setenv("MINILORA_BACKEND", "numpy")
-    assert backend.current_backend_name() == "numpy"
+    assert backend.backend_name(backend.default_namespace()) == "numpy"
     monkeypatch.setenv("MINILORA_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="MINILORA_BACKEND='nonsense'"):
-        backend.current_namespace()
+        backend.default_namespace()
     monkeypatch.delenv("MINILORA_BACKEND")
-    assert backend.current_backend_name() == "numpy"
+    assert backend.backend_name(backend.default_namespace()) == "numpy"
 
 
 @needs_strict
 def test_precedence_arrays_over_use_backend_over_env_over_numpy(monkeypatch):
     import array_api_strict as xps
     monkeypatch.delenv("MINILORA_BACKEND", raising=False)
-    assert backend.current_namespace() is np
+    assert backend.default_namespace() is np
     monkeypatch.setenv("MINILORA_BACKEND", "array_api_strict")
-    assert backend.current_namespace() is xps
+    assert backend.default_namespace() is xps
     assert backend.namespace_of() is xps  # no arrays: the current backend
     with use_backend("numpy"):
-        assert backend.current_namespace() is np  # use_backend beats the environment
+        assert backend.default_namespace() is np  # use_backend beats the environment
         with use_backend("array_api_strict") as inner:
-            assert inner is xps and backend.current_backend_name() == "array_api_strict"
+            assert inner is xps and backend.backend_name(backend.default_namespace()) == "array_api_strict"
             assert backend.namespace_of(np.ones(2), 1.0, None) is np  # the arrays beat use_backend
             y = ops.add(Tensor(np.ones(2)), Tensor(np.ones(2)))
             assert isinstance(y.data, np.ndarray)
-            assert backend.backend_name_of(Tensor(1.5).data) == "array_api_strict"  # a number: current backend
-        assert backend.current_backend_name() == "numpy"  # nesting unwinds
-    assert backend.current_backend_name() == "array_api_strict"
+            assert backend.backend_name(Tensor(1.5).data) == "array_api_strict"  # a number: current backend
+        assert backend.backend_name(backend.default_namespace()) == "numpy"  # nesting unwinds
+    assert backend.backend_name(backend.default_namespace()) == "array_api_strict"
 
 
 def test_use_backend_unwinds_on_error():
@@ -162,3 +162,35 @@ def test_random_streams_match_across_host_backends():
     np.testing.assert_array_equal(backend.to_numpy(a.uniform((4,), dtype=np.float64)),
                                   backend.to_numpy(b.uniform((4,), dtype=xps.float64)))
     np.testing.assert_array_equal(backend.to_numpy(a.integers(0, 9, (5,))), backend.to_numpy(b.integers(0, 9, (5,))))
+
+
+def test_dtype_name_is_numpy_s_name_on_every_backend(xp):
+    assert backend.dtype_name(xp.float32) == "float32" and backend.dtype_name(xp.zeros((1,), dtype=xp.int64).dtype) == "int64"
+    assert backend.dtype_name(np.dtype("float64")) == "float64" and backend.dtype_name("uint8") == "uint8"
+
+
+def test_to_namespace_moves_casts_and_copies_unless_told_not_to(xp):
+    host = np.arange(6, dtype=np.float64).reshape(2, 3)
+    got = backend.to_namespace(host, xp, xp.float32)
+    assert backend.backend_name(got) == backend.backend_name(xp) and backend.dtype_name(got.dtype) == "float32"
+    np.testing.assert_array_equal(backend.to_numpy(got), host.astype(np.float32))
+    same = backend.to_namespace(got, xp, copy=False)
+    assert same is got and backend.to_namespace(got, xp) is not got
+    if backend.backend_name(xp) == "numpy":
+        assert not np.shares_memory(backend.to_namespace(host, xp), host)
+    if backend.backend_name(xp) != "array_api_strict":  # an array of another backend goes through the host
+        strict = backend.namespace_named("array_api_strict")
+        np.testing.assert_array_equal(backend.to_numpy(backend.to_namespace(strict.asarray(host), xp)), host)
+
+
+def test_backend_name_takes_an_array_or_a_namespace_and_errors_are_minilora_errors(xp):
+    from minilora.errors import MiniloraError
+    from minilora.nn import StateDictError
+    assert backend.backend_name(xp) == backend.backend_name(xp.zeros((2,))) in backend.BACKENDS
+    assert backend.namespace_named(backend.backend_name(xp)) is xp is backend.namespace_of(xp.ones((1,)))
+    with pytest.raises(BackendError, match="not an array of a known backend"):
+        backend.backend_name([1.0])
+    with pytest.raises(BackendError, match="unknown backend 'os'"):
+        backend.backend_name(os)
+    assert issubclass(BackendError, MiniloraError) and issubclass(BackendError, ValueError)
+    assert issubclass(StateDictError, MiniloraError) and issubclass(StateDictError, ValueError)

@@ -275,3 +275,39 @@ def test_quantized_base_adapters_use_its_compute_dtype():
     layer.update_layer("default", 2, 2.0, init_lora_weights=False)
     assert layer.lora_A["default"].weight.dtype == np.float32
     assert layer.lora_B["default"].weight.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", ["linear", "embedding", "svd"])
+def test_every_layer_class_gives_its_adapter_state_the_same_way(kind):
+    """adapter_parameters = the parameter paths with the adapter name taken out (PEFT's saved
+    suffixes), adapter_shapes agrees before any adapter exists, and an extra AdapterDict a variant
+    adds is saved and deleted with the others."""
+    from minilora.lora import AdapterDict, SVDLinear
+    from minilora.nn import Parameter
+    rng = backend.Random(0, np)
+    base = nn.Embedding(9, 5, rng=rng) if kind == "embedding" else nn.Linear(5, 4, rng=rng)
+    cls = {"linear": LoRALinear, "embedding": LoRAEmbedding, "svd": SVDLinear}[kind]
+    layer = cls(base)
+    expected = cls.adapter_shapes(base, 3)
+    layer.update_layer("one", 3, 6.0, seed=1)
+    layer.update_layer("two", 2, 4.0, seed=2)
+    layer.lora_extra = AdapterDict()
+    layer.lora_extra["one"] = Parameter(np.ones((4,)))
+    params = layer.adapter_parameters("one")
+    paths = {n.replace(".one", "", 1): p for n, p in layer.named_parameters() if ".one" in n}
+    assert params == paths and {k: p.shape for k, p in params.items() if k != "lora_extra"} == expected
+    assert set(expected) == {k for k in layer.adapter_parameters("two")}
+    layer.delete_adapter("one")
+    assert "one" not in layer.lora_extra and not any(".one" in n for n, _ in layer.named_parameters())
+    assert all("one" not in getattr(layer, t) for t in layer.adapter_tables) and layer.adapter_names == ["two"]
+
+
+def test_rank_and_base_checks_name_the_class():
+    from minilora.lora import SVDLinear
+    with pytest.raises(ValueError, match="LoRAEmbedding: base Linear has no integer num_embeddings"):
+        LoRAEmbedding(nn.Linear(3, 2, rng=backend.Random(0, np)))
+    with pytest.raises(ValueError, match="SVDLinear: base Embedding has no integer in_features"):
+        SVDLinear(nn.Embedding(3, 2, rng=backend.Random(0, np)))
+    layer = SVDLinear(nn.Linear(3, 2, rng=backend.Random(0, np)))
+    with pytest.raises(ValueError, match="use_rslora does not apply"):
+        layer.update_layer("x", 2, 4.0, 0.0, True, True)

@@ -25,7 +25,7 @@ def leaf(data, shape, low=-2.0, high=2.0, requires_grad=True, away_from_zero=Fal
     host = rng.uniform(low, high, size=shape)
     if away_from_zero:  # |x| in [0.5, 2]: keeps log/sqrt/div/relu/pow away from their kinks
         host = np.sign(rng.uniform(-1, 1, size=shape)) * rng.uniform(0.5, 2.0, size=shape)
-    return Tensor(backend.from_numpy(host.astype(np.float64), backend.current_namespace()),
+    return Tensor(backend.from_numpy(host.astype(np.float64), backend.default_namespace()),
                   requires_grad=requires_grad)
 
 

@@ -49,7 +49,3 @@ class Batches:
         n = len(self.encoded)
         picks = rng.choice(n, size=self.batch_size, replace=self.batch_size > n)
         return collate([self.encoded[i] for i in picks], self.pad_id)
-
-    @property
-    def tokens_per_example(self) -> float:
-        return float(np.mean([len(ids) for ids, _ in self.encoded]))

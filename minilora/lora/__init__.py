@@ -3,10 +3,10 @@ from .config import CONFIG_CLASSES, LoraConfig, config_from_dict, lora_scaling
 from .inject import ModulesToSaveWrapper, find_targets, inject_adapter, lora_layers
 from .layers import AdapterDict, LoRAEmbedding, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name, is_quantized
 from .model import MODEL_CLASSES, LoraModel, get_lora_model, register_model_class
-from .save_load import (AdapterLoadError, adapter_parameters, adapter_state_dict, load_adapter, read_adapter,
-                        save_adapter)
+from .adapter_state import AdapterLoadError, adapter_parameters
+from .save_load import adapter_state_dict, load_adapter, read_adapter, save_adapter
 from .weighted import add_weighted_adapter
-from .adalora import (AdaLoraConfig, AdaLoraModel, RankAllocator, SVDLinear, load_adalora_adapter,  # noqa: E402
+from .adalora import (AdaLoraConfig, AdaLoraModel, RankAllocator, SVDLinear, load_adalora_adapter,
                       orthogonal_regularizer, plot_rank_pattern, save_adalora_adapter, to_lora)
 
 __all__ = ["LoraConfig", "CONFIG_CLASSES", "config_from_dict", "lora_scaling", "LoRALayer", "LoRALinear",

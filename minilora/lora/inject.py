@@ -12,6 +12,7 @@ import copy
 import re
 import zlib
 
+from ..errors import ConfigError
 from ..nn import Embedding, Linear, Module
 from .config import ALL_LINEAR
 from .layers import AdapterDict, LoRAEmbedding, LoRALayer, LoRALinear, check_adapter_name
@@ -137,11 +138,22 @@ def find_targets(model: Module, config) -> list:
     return found
 
 
-def adapter_shapes(module, r: int) -> dict:
-    """{parameter suffix: shape} of one adapter of rank r on ``module`` (PEFT's saved suffixes)."""
-    if isinstance(module, LoRAEmbedding) or (not isinstance(module, LoRALayer) and is_embedding_like(module)):
-        return {"lora_embedding_A": (r, module.num_embeddings), "lora_embedding_B": (module.embedding_dim, r)}
-    return {"lora_A.weight": (r, module.in_features), "lora_B.weight": (module.out_features, r)}
+def lora_layer_class(module) -> type:
+    """The LoRA layer class that adapts ``module`` (its own class when it is one already)."""
+    if isinstance(module, LoRALayer):
+        return type(module)
+    return LoRAEmbedding if is_embedding_like(module) and not is_linear_like(module) else LoRALinear
+
+
+def check_layer_kinds(targets, config) -> None:
+    """A layer holds adapters of one method: refuse, before anything changes, targets that are LoRA
+    layers of another method than ``config``'s (an SVDLinear cannot take a plain LoRA adapter)."""
+    wrong = [f"{path} ({type(m).__name__}, {m.peft_type})" for path, m in targets
+             if isinstance(m, LoRALayer) and m.peft_type != config.peft_type]
+    if wrong:
+        raise ConfigError(f"a {config.peft_type} adapter cannot be added to layers holding adapters of another "
+                          f"method: {wrong}. Convert an AdaLoRA model with to_lora() first, or exclude these "
+                          "layers with exclude_modules")
 
 
 def layer_seed(seed: int, path: str, what: str) -> int:
@@ -153,12 +165,12 @@ def inject_adapter(model: Module, config, adapter_name: str, seed: int = 0) -> l
     """Wrap (or extend) every targeted layer with adapter ``adapter_name``; returns the paths."""
     check_adapter_name(adapter_name)
     targets = find_targets(model, config)
+    check_layer_kinds(targets, config)
     for path, module in targets:
         if isinstance(module, LoRALayer):
             layer = module
         else:
-            cls = LoRAEmbedding if is_embedding_like(module) and not is_linear_like(module) else LoRALinear
-            layer = cls(module, rng_seed=layer_seed(seed, path, "dropout"))
+            layer = lora_layer_class(module)(module, rng_seed=layer_seed(seed, path, "dropout"))
             layer.train(module.training)
             model.set_submodule(path, layer)
         if adapter_name in layer.r:

@@ -12,8 +12,14 @@ serves a float ``Linear`` and a 4-bit ``Linear4bit``: that composition is QLoRA 
 LoRAEmbedding (PEFT's layout): A (r, V) = 0, B (C, r) ~ N(0, 1),
     y = base(ids) + scaling * A^T[ids] B^T        ids (...,) -> (..., C)
 
-Parameter names follow PEFT: ``base_layer.weight``, ``lora_A.<adapter>.weight``,
-``lora_B.<adapter>.weight``, ``lora_embedding_A.<adapter>``, ``lora_embedding_B.<adapter>``.
+One adapter's state, the same for every layer class: its tensors are one entry under its name in
+each AdapterDict attribute (``lora_A``, ``lora_B``, ...), its settings one entry in each dict named
+by ``adapter_tables`` (``r``, ``lora_alpha``, ``scaling``, ``lora_dropout``). An entry follows PEFT's
+paths: a LoRAFactor in LoRALinear (``lora_A.<adapter>.weight``), a bare Parameter in LoRAEmbedding
+and SVDLinear (``lora_embedding_A.<adapter>``). Generic code never looks at entries: it asks
+``adapter_parameters(name)`` and writes through ``put_factors``. A variant adds a tensor by assigning
+one more AdapterDict, a setting by naming one more table; saving, loading, freezing and deleting
+pick both up.
 """
 from __future__ import annotations
 
@@ -66,13 +72,10 @@ class AdapterDict(Module):
 
 
 class LoRAFactor(Module):
-    """One factor of an adapter: y = x W^T with W (d_out, d_in); no bias."""
+    """One factor of a LoRALinear adapter, held as ``weight`` (d_out, d_in) so its path is PEFT's."""
 
     def __init__(self, weight):
         self.weight = Parameter(weight)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight)
 
 
 # ---------------------------------------------------------------- the base-weight hook
@@ -107,19 +110,73 @@ def _dtype_and_xp(base):
 
 
 class LoRALayer(Module):
-    """What LoRALinear and LoRAEmbedding share: adapters by name, active set, merge bookkeeping."""
+    """What every LoRA layer shares: adapters by name, active set, merge bookkeeping, the checks.
 
+    A subclass states its shape with class attributes and a few hooks:
+      base_dims            integer attributes the base must have; they are copied onto the layer
+      adapter_param_names  the AdapterDicts holding the factors, in the order ``factors`` returns them
+      adapter_tables       per-adapter settings, each a dict {adapter name: value}
+      factor_type          what an AdapterDict entry is built from an array (Parameter or LoRAFactor)
+      min_rank             the smallest rank ``update_layer`` accepts
+      peft_type            the adapter method whose adapters the layer holds ("LORA", "ADALORA")
+      adapter_shapes(base, r), update_layer(...), delta_weight(name), forward(...)
+    """
+
+    base_dims: tuple = ()
     adapter_param_names = ("lora_A", "lora_B")
+    adapter_tables = ("r", "lora_alpha", "scaling", "lora_dropout")
+    factor_type = Parameter
+    min_rank = 1
+    peft_type = "LORA"
 
     def __init__(self, base, rng_seed: int = 0):
+        for attr in self.base_dims:
+            if not isinstance(getattr(base, attr, None), int):
+                raise ValueError(f"{type(self).__name__}: base {type(base).__name__} has no integer {attr}")
+            setattr(self, attr, getattr(base, attr))
         self.base_layer = base
-        self.r, self.lora_alpha, self.scaling, self.lora_dropout = {}, {}, {}, {}
+        for table in self.adapter_tables:
+            setattr(self, table, {})
+        for attr in self.adapter_param_names:
+            setattr(self, attr, AdapterDict())
         self.active_adapters: list = []
         self.merged_adapters: list = []  # in merge order; unmerge pops from the end (LIFO)
         self.adapters_disabled = False
         dtype, xp = _dtype_and_xp(base)
         self.dtype, self._rng_seed = dtype, rng_seed
         self.rng = backend.Random(rng_seed, xp=xp)  # dropout masks
+
+    @classmethod
+    def adapter_shapes(cls, base, r: int) -> dict:
+        """{suffix PEFT saves: shape} of one adapter of rank r on ``base`` (before any is made)."""
+        raise NotImplementedError
+
+    def check_new_adapter(self, name, r) -> None:
+        """The checks every ``update_layer`` makes first: a safe name and an integer rank >= min_rank."""
+        check_adapter_name(name)
+        if isinstance(r, bool) or not isinstance(r, int) or r < self.min_rank:
+            wanted = "a positive integer" if self.min_rank == 1 else f"an integer >= {self.min_rank}"
+            raise ValueError(f"{type(self).__name__}.update_layer: r must be {wanted}, got {r!r}")
+
+    def put_factors(self, name: str, **arrays) -> None:
+        """Store adapter ``name``'s factors, {AdapterDict attribute: array}, as this layer holds them."""
+        for attr, value in arrays.items():
+            getattr(self, attr)[name] = self.factor_type(value)
+
+    def adapter_dicts(self) -> list:
+        """[(attribute, AdapterDict)] of every adapter tensor this layer holds, variants' ones included."""
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, AdapterDict)]
+
+    def adapter_parameters(self, name: str) -> dict:
+        """{suffix: Parameter} of adapter ``name``: its parameter paths with ``.<name>`` taken out,
+        i.e. the suffixes PEFT saves (``lora_A.weight``, ``lora_embedding_A``, ``lora_E``)."""
+        out = {}
+        for attr, holders in self.adapter_dicts():
+            for path, p in holders.named_parameters():
+                head, _, rest = path.partition(".")
+                if head == name:
+                    out[f"{attr}.{rest}" if rest else attr] = p
+        return out
 
     @property
     def xp(self):
@@ -202,17 +259,13 @@ class LoRALayer(Module):
     # ------------------------------------------------------------ factors as plain arrays
     def factors(self, name: str) -> tuple:
         """(A, B) arrays of adapter ``name``, shapes (r, n_A) and (m_B, r) as stored."""
-        a, b = (getattr(self, attr)[name] for attr in self.adapter_param_names)
-        return tuple(t.weight.data if isinstance(t, Module) else t.data for t in (a, b))
+        params = self.adapter_parameters(name)
+        return tuple(p.data for attr in self.adapter_param_names[:2]
+                     for key, p in params.items() if key.partition(".")[0] == attr)
 
     def set_factors(self, name: str, a, b, scaling: float) -> None:
         """Create or overwrite adapter ``name`` with the given A, B arrays and scaling."""
-        holders = [getattr(self, attr) for attr in self.adapter_param_names]
-        for holder, value in zip(holders, (a, b)):
-            if isinstance(self, LoRALinear):
-                holder[name] = LoRAFactor(value)
-            else:
-                holder[name] = Parameter(value)
+        self.put_factors(name, **dict(zip(self.adapter_param_names, (a, b))))
         self.r[name], self.lora_alpha[name], self.scaling[name] = int(a.shape[0]), float(a.shape[0]), scaling
         self.lora_dropout.setdefault(name, 0.0)
 
@@ -220,10 +273,11 @@ class LoRALayer(Module):
     def delete_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
             raise ValueError(f"adapter {name!r} is merged into the base weight: unmerge it before deleting")
-        for attr in self.adapter_param_names:
-            del getattr(self, attr)[name]
-        for table in (self.r, self.lora_alpha, self.scaling, self.lora_dropout):
-            table.pop(name, None)
+        for _, holders in self.adapter_dicts():
+            if name in holders:
+                del holders[name]
+        for table in self.adapter_tables:
+            getattr(self, table).pop(name, None)
         self.active_adapters = [a for a in self.active_adapters if a != name]
 
     def _active_unmerged(self):
@@ -237,13 +291,12 @@ class LoRALayer(Module):
 class LoRALinear(LoRALayer):
     """A frozen Linear-like base (needs in_features, out_features, __call__) plus LoRA adapters."""
 
-    def __init__(self, base, rng_seed: int = 0):
-        for attr in ("in_features", "out_features"):
-            if not isinstance(getattr(base, attr, None), int):
-                raise ValueError(f"LoRALinear: base {type(base).__name__} has no integer {attr}")
-        super().__init__(base, rng_seed)
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.lora_A, self.lora_B = AdapterDict(), AdapterDict()
+    base_dims = ("in_features", "out_features")
+    factor_type = LoRAFactor
+
+    @classmethod
+    def adapter_shapes(cls, base, r: int) -> dict:
+        return {"lora_A.weight": (r, base.in_features), "lora_B.weight": (base.out_features, r)}
 
     def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
                      init_lora_weights=True, use_rslora: bool = False, seed: int = 0) -> None:
@@ -252,9 +305,7 @@ class LoRALinear(LoRALayer):
         True: A ~ U(+-1/sqrt(d_in)) (PyTorch's kaiming_uniform(a=sqrt(5)) = PEFT's default), B = 0.
         "gaussian": A ~ N(0, std=1/r), B = 0.  False: A as for True, B ~ U(+-1/sqrt(r)).
         """
-        check_adapter_name(name)
-        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-            raise ValueError(f"LoRALinear.update_layer: r must be a positive integer, got {r!r}")
+        self.check_new_adapter(name, r)
         rng = backend.Random(seed, xp=self.xp)
         d_in, d_out, dtype = self.in_features, self.out_features, self.dtype
         if init_lora_weights == "gaussian":
@@ -266,7 +317,7 @@ class LoRALinear(LoRALayer):
             b = rng.uniform((d_out, r), -1.0 / math.sqrt(r), 1.0 / math.sqrt(r), dtype=dtype)
         else:
             b = self.xp.zeros((d_out, r), dtype=dtype)
-        self.lora_A[name], self.lora_B[name] = LoRAFactor(a), LoRAFactor(b)
+        self.put_factors(name, lora_A=a, lora_B=b)
         self.lora_dropout[name] = float(lora_dropout)
         self.set_scale(name, lora_alpha, r, use_rslora)
 
@@ -307,29 +358,23 @@ class LoRALinear(LoRALayer):
 class LoRAEmbedding(LoRALayer):
     """A frozen Embedding plus adapters in PEFT's layout: A (r, V), B (C, r)."""
 
+    base_dims = ("num_embeddings", "embedding_dim")
     adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
 
-    def __init__(self, base, rng_seed: int = 0):
-        for attr in ("num_embeddings", "embedding_dim"):
-            if not isinstance(getattr(base, attr, None), int):
-                raise ValueError(f"LoRAEmbedding: base {type(base).__name__} has no integer {attr}")
-        super().__init__(base, rng_seed)
-        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
-        self.lora_embedding_A, self.lora_embedding_B = AdapterDict(), AdapterDict()
+    @classmethod
+    def adapter_shapes(cls, base, r: int) -> dict:
+        return {"lora_embedding_A": (r, base.num_embeddings), "lora_embedding_B": (base.embedding_dim, r)}
 
     def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
                      init_lora_weights=True, use_rslora: bool = False, seed: int = 0) -> None:
         """Add adapter ``name``. True / "gaussian": A = 0, B ~ N(0, 1); False: A, B ~ N(0, 1).
 
         Dropout does not apply to embedding adapters (their input is integer ids)."""
-        check_adapter_name(name)
-        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-            raise ValueError(f"LoRAEmbedding.update_layer: r must be a positive integer, got {r!r}")
+        self.check_new_adapter(name, r)
         rng = backend.Random(seed, xp=self.xp)
         v, c, dtype = self.num_embeddings, self.embedding_dim, self.dtype
         a = rng.normal((r, v), dtype=dtype) if init_lora_weights is False else self.xp.zeros((r, v), dtype=dtype)
-        self.lora_embedding_A[name] = Parameter(a)
-        self.lora_embedding_B[name] = Parameter(rng.normal((c, r), dtype=dtype))
+        self.put_factors(name, lora_embedding_A=a, lora_embedding_B=rng.normal((c, r), dtype=dtype))
         self.lora_dropout[name] = float(lora_dropout)
         self.set_scale(name, lora_alpha, r, use_rslora)
 

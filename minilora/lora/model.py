@@ -11,8 +11,9 @@ import warnings
 
 from ..nn import Module
 from ..tensor import no_grad
+from .adapter_state import adapter_parameters, copy_into, expected_shapes, host_arrays
 from .config import LoraConfig
-from .inject import inject_adapter, lora_layers, save_wrappers
+from .inject import inject_adapter, lora_layer_class, lora_layers, save_wrappers
 from .layers import check_adapter_name, is_quantized
 
 
@@ -105,10 +106,9 @@ class LoraModel(Module):
             p.requires_grad = False
         bias_modes = {self.peft_config[n].bias for n in self.active_adapters if n in self.peft_config}
         for _, layer in lora_layers(self.model):
-            for attr in layer.adapter_param_names:
-                for name, holder in getattr(layer, attr).items():
-                    for p in ([holder] if not isinstance(holder, Module) else holder.parameters()):
-                        p.requires_grad = name in self.active_adapters
+            for name in layer.adapter_names:
+                for p in layer.adapter_parameters(name).values():
+                    p.requires_grad = name in self.active_adapters
             bias = getattr(layer.base_layer, "bias", None)
             if "lora_only" in bias_modes and bias is not None:
                 bias.requires_grad = True
@@ -125,6 +125,27 @@ class LoraModel(Module):
         "svd": its truncated SVD at rank ``svd_rank``). See weighted.py for the math."""
         from .weighted import add_weighted_adapter
         add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
+
+    # ------------------------------------------------------------ adapter state (what files hold)
+    overwrites_on_load = True  # load_adapter may overwrite an existing adapter's tensors in place
+
+    def adapter_state_dict(self, adapter_name: str = "default") -> dict:
+        """{saved key: host NumPy array} of one adapter: what its adapter_model.safetensors holds."""
+        return host_arrays({k: p.data for k, p in adapter_parameters(self, adapter_name).items()})
+
+    @staticmethod
+    def layer_class_for(module) -> type:
+        """The LoRA layer class this model wraps ``module`` in (LoRALinear or LoRAEmbedding)."""
+        return lora_layer_class(module)
+
+    @classmethod
+    def expected_adapter_shapes(cls, base: Module, config) -> dict:
+        """{saved key: shape} a file of ``config``'s adapter written for ``base`` must hold."""
+        return expected_shapes(base, config, cls.layer_class_for)
+
+    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
+        """Copy checked host arrays (keys and shapes as expected_adapter_shapes says) into the adapter."""
+        copy_into(adapter_parameters(self, adapter_name), tensors)
 
     # ------------------------------------------------------------ counting
     def get_nb_trainable_parameters(self) -> tuple:
@@ -269,8 +290,13 @@ def get_lora_model(model: Module, config, adapter_name: str = "default", seed: i
 
     seed: initialises the adapters and the dropout masks reproducibly (per layer and adapter).
     """
+    return model_class_for(config)(model, config, adapter_name=adapter_name, seed=seed)
+
+
+def model_class_for(config) -> type:
+    """The model class registered for ``config``'s type (or the nearest base class of it)."""
     for cls in type(config).__mro__:
         if cls in MODEL_CLASSES:
-            return MODEL_CLASSES[cls](model, config, adapter_name=adapter_name, seed=seed)
+            return MODEL_CLASSES[cls]
     raise ValueError(f"get_lora_model: no model class for config type {type(config).__name__} "
                      f"(known: {[c.__name__ for c in MODEL_CLASSES]})")

@@ -117,7 +117,7 @@ class Transformer(Module):
         if not isinstance(config, ModelConfig):
             raise ValueError(f"Transformer: config must be a ModelConfig, got {type(config).__name__}")
         config.validate()
-        xp = backend.current_namespace()
+        xp = backend.default_namespace()
         dtype = xp.float32 if dtype is None else (getattr(xp, dtype) if isinstance(dtype, str) else dtype)
         rng = backend.Random(seed, xp) if init else Zeros(xp)
         self.config = config
@@ -178,10 +178,10 @@ def as_token_ids(ids, xp):
         ids = ids.data
     if isinstance(ids, (list, tuple)):
         ids = xp.asarray(ids, dtype=xp.int64)
-    elif backend.backend_name_of(ids) != backend.name_of_namespace(xp):
-        if backend.backend_name_of(ids) != "numpy":
-            raise backend.BackendError(f"input_ids live in {backend.backend_name_of(ids)} but the model in "
-                                       f"{backend.name_of_namespace(xp)}; move them explicitly")
+    elif backend.backend_name(ids) != backend.backend_name(xp):
+        if backend.backend_name(ids) != "numpy":
+            raise backend.BackendError(f"input_ids live in {backend.backend_name(ids)} but the model in "
+                                       f"{backend.backend_name(xp)}; move them explicitly")
         ids = backend.from_numpy(ids, xp)
     if ids.ndim != 2:
         raise ValueError(f"input_ids must be a 2-D (batch, time) integer array, got shape {tuple(ids.shape)}")

@@ -65,7 +65,7 @@ class LayerNorm(Module):
     """y = (x - mean) / sqrt(var + eps) * w + b over the last axis; w = 1, b = 0 at init."""
 
     def __init__(self, dim: int, eps: float = 1e-5, dtype=None, xp=None):
-        xp = backend.current_namespace() if xp is None else xp
+        xp = backend.default_namespace() if xp is None else xp
         dtype = xp.float32 if dtype is None else dtype
         self.eps = eps
         self.weight = Parameter(xp.ones((dim,), dtype=dtype))
@@ -79,7 +79,7 @@ class RMSNorm(Module):
     """y = x / sqrt(mean(x^2) + eps) * w over the last axis; w = 1 at init."""
 
     def __init__(self, dim: int, eps: float = 1e-6, dtype=None, xp=None):
-        xp = backend.current_namespace() if xp is None else xp
+        xp = backend.default_namespace() if xp is None else xp
         dtype = xp.float32 if dtype is None else dtype
         self.eps = eps
         self.weight = Parameter(xp.ones((dim,), dtype=dtype))

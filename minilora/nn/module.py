@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from .. import backend
+from ..errors import StateDictError
 from ..tensor import Tensor
 
 
@@ -22,10 +23,6 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
-
-
-class StateDictError(ValueError):
-    """A state dict whose keys or shapes do not fit the module."""
 
 
 def _array_of(value):
@@ -164,10 +161,7 @@ class Module:
         if problems:
             raise StateDictError("load_state_dict: " + "; ".join(problems))
         for p, value in updates:
-            xp = p.xp
-            if backend.backend_name_of(value) != backend.name_of_namespace(xp):
-                value = backend.from_numpy(backend.to_numpy(value), xp)
-            p.data = xp.astype(value, p.dtype, copy=copy)
+            p.data = backend.to_namespace(value, p.xp, p.dtype, copy=copy)
 
     def astype(self, dtype) -> "Module":
         """Cast every floating parameter to ``dtype`` in place."""

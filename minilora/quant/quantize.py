@@ -21,7 +21,7 @@ _SHARED_CODES: dict = {}
 
 def shared_code(xp, quant_type: str):
     """One code array per (backend, quant_type), shared by every state: a model stores it once."""
-    key = (backend.name_of_namespace(xp), quant_type)
+    key = (backend.backend_name(xp), quant_type)
     if key not in _SHARED_CODES:
         _SHARED_CODES[key] = code_array(xp, get_code(quant_type) if quant_type in QUANT_TYPES else dynamic_map())
     return _SHARED_CODES[key]

@@ -19,15 +19,11 @@ import math
 from dataclasses import dataclass, field
 
 from .. import backend
+from ..backend import dtype_name  # quantize.py and linear4bit.py import it from here too
 
 _TENSOR_KEYS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 _META_KEYS = ("quant_type", "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype", "nested_offset")
 _PACKED_PREFIX = "quant_state.bitsandbytes__"
-
-
-def dtype_name(dtype) -> str:
-    """'float32' for numpy/cupy/array_api_strict float32 dtypes alike."""
-    return str(dtype).split(".")[-1]
 
 
 @dataclass
@@ -147,7 +143,7 @@ def load_quantized(path: str, name: str = "weight", xp=None):
     tensors, _ = load_safetensors(path)
     if name not in tensors:
         raise FileFormatError(path, f"load_quantized: no tensor {name!r} (have {sorted(tensors)})")
-    xp = backend.current_namespace() if xp is None else xp
+    xp = backend.default_namespace() if xp is None else xp
     prefix = name + "."
     try:
         state = QuantState.from_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},

@@ -17,7 +17,7 @@ from ..nn import Embedding, LayerNorm, Linear, Module
 from ..tensor import Tensor, no_grad
 from .cases import put
 from .checks_core import TOL, Target, rounded
-from .report import Row, SKIPPED, Tally, host64
+from .report import Tally, host64
 
 
 class TwoLayer(Module):
@@ -134,10 +134,6 @@ def check_adalora(t: Target) -> list:
     """Masking keeps exactly the triplets with the top ``budget`` scores (scores recomputed in float64
     from PEFT's formulas), zeroes E of the rest, and the masked layer equals the oracle and the layer
     with the pruned rows and columns deleted."""
-    try:
-        from ..lora.adalora import AdaLoraConfig  # noqa: F401
-    except ImportError as exc:
-        return [Row("adalora masking", None, None, None, SKIPPED, f"minilora.lora.adalora: {exc}")]
     from ..lora import get_lora_model
     from ..lora.adalora import AdaLoraConfig
     scores_t = Tally("adalora scores vs oracle", TOL[t.dtype])

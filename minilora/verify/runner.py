@@ -39,7 +39,7 @@ def import_everything() -> None:
 def unavailable_reason(name: str) -> str | None:
     """None when backend ``name`` works here, else why not."""
     try:
-        backend.get_namespace(name)
+        backend.namespace_named(name)
         return None
     except (backend.BackendError, ImportError) as exc:
         return str(exc)
@@ -58,7 +58,7 @@ def run_backend(name: str, dtype: str = "float64", examples: int = 10, seed: int
         report.status, report.reason = SKIPPED, reason
         return report
     import_everything()
-    target = Target(name, backend.get_namespace(name), dtype, examples, seed)
+    target = Target(name, backend.namespace_named(name), dtype, examples, seed)
     start = time.perf_counter()
     for _, check in check_groups():
         report.rows += check(target)

@@ -39,7 +39,19 @@ class RankAllocator:
 
     # ------------------------------------------------------------ the schedule (a pure function)
     def budget_schedule(self, step: int) -> tuple:
-        """(budget, mask_now) at ``step``: the cubic schedule of the module docstring of config.py."""
+        """(budget, mask_now) at ``step``: AdaLoRA's cubic schedule (arXiv 2303.10512, sec. 3.3, eq. 12).
+
+        With T = total_step, init_bgt = n_layers * init_r, target_bgt = n_layers * target_r:
+
+            step <= tinit:                budget = init_bgt, mask_now False         (warm-up)
+            tinit < step <= T - tfinal:   budget = int((init_bgt - target_bgt) m^3 + target_bgt),
+                                          m = 1 - (step - tinit) / (T - tfinal - tinit),
+                                          mask_now = (step % deltaT == 0)           (pruning)
+            step > T - tfinal:            budget = target_bgt, mask_now True        (final pattern fixed)
+
+        At step = T - tfinal, m = 0: the budget reaches target_bgt (update_and_allocate masks there
+        whatever mask_now says, and keeps that pattern from then on).
+        """
         c = self.config
         if step <= c.tinit:
             return self.init_bgt, False
@@ -149,14 +161,28 @@ class RankAllocator:
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(f"RankAllocator.load_state_dict: {key!r} has shape {tuple(value.shape)}, "
                                  f"the parameter has {tuple(p.shape)}")
-            getattr(self, table)[(path, attr)] = p.xp.astype(backend.from_numpy(value, p.xp), p.dtype)
+            getattr(self, table)[(path, attr)] = backend.to_namespace(value, p.xp, p.dtype)
 
-    def update_and_allocate(self, step: int, force_mask: bool = False) -> tuple:
-        """Update scores (before the final phase), then mask if the schedule says so.
+    def update_and_allocate(self, step: int, rank_pattern: dict | None = None) -> tuple:
+        """AdaLoRA's work after optimizer step ``step``, in its three phases (budget_schedule):
 
-        Returns (budget, rank_pattern or None)."""
-        if step < self.config.total_step - self.config.tfinal:
-            self.update_ipt()
+            step < T - tfinal    update the scores; mask to the scheduled budget when mask_now
+            step = T - tfinal    mask to target_bgt: that is the final pattern; the scores are dropped
+            step > T - tfinal    re-apply ``rank_pattern`` (the final one), so pruned triplets stay pruned
+
+        Returns (budget, the rank pattern now in force, or None when this step masked nothing); the
+        caller keeps the pattern (AdaLoraModel stores it in the adapter's config).
+        """
+        final = self.config.total_step - self.config.tfinal
         budget, mask_now = self.budget_schedule(step)
-        pattern = self.mask_to_budget(budget) if (mask_now or force_mask) else None
-        return budget, pattern
+        if step < final:
+            self.update_ipt()
+            return budget, self.mask_to_budget(budget) if mask_now else None
+        if step == final:
+            pattern = self.mask_to_budget(budget)
+            self.reset_ipt()
+            return budget, pattern
+        if rank_pattern:
+            self.mask_using_rank_pattern(rank_pattern)
+            return budget, rank_pattern
+        return budget, None

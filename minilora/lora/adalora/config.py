@@ -1,15 +1,11 @@
 """AdaLoraConfig: AdaLoRA's schedule and regularizer settings, with Hugging Face PEFT's names and defaults.
 
 AdaLoRA (arXiv 2303.10512) starts every targeted layer at rank ``init_r`` and prunes singular
-triplets until the layers hold ``target_r`` on average. The schedule (sec. 3.3, eq. 12):
-
-    step <= tinit:                      budget = init_bgt                    (warm-up, nothing masked)
-    tinit < step <= total_step - tfinal: budget = int((init_bgt - target_bgt) m^3 + target_bgt),
-                                        m = 1 - (step - tinit) / (total_step - tfinal - tinit)
-    step > total_step - tfinal:         budget = target_bgt                  (final pattern fixed)
-
-with init_bgt = n_modules * init_r and target_bgt = n_modules * target_r. ``rank_pattern`` is what
-the allocator found: {"<module path>.lora_E": [kept?] * init_r}, saved in adapter_config.json.
+triplets until the layers hold ``target_r`` on average: warm-up for ``tinit`` steps, a cubic budget
+down to the target, the final pattern fixed for the last ``tfinal`` steps. The formula and the
+phases are RankAllocator's (allocator.py: ``budget_schedule`` and ``update_and_allocate``).
+``rank_pattern`` is what the allocator found: {"<module path>.lora_E": [kept?] * init_r}, saved in
+adapter_config.json.
 """
 from __future__ import annotations
 

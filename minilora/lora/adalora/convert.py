@@ -30,16 +30,13 @@ def to_lora(model: AdaLoraModel, adapter_name: str | None = None) -> LoraModel:
     if name not in model.peft_config:
         raise ValueError(f"to_lora: no adapter {name!r}; have {list(model.peft_config)}")
     config = model.peft_config[name]
-    pattern = config.rank_pattern or {}
+    kept = model.kept_indices(name)
     factors = {}
     with no_grad():
         for path, layer in model.svd_layers(name):
             xp = layer.xp
             a, e, b = layer.triplet(name)
-            keep = pattern.get(f"{path}.lora_E")
-            if keep is None or len(keep) != layer.r[name]:
-                keep = [True] * layer.r[name]  # no pattern yet, or already resized to it
-            idx = xp.asarray([i for i, k in enumerate(keep) if k], dtype=xp.int64)
+            idx = xp.asarray(kept[path], dtype=xp.int64)
             if idx.shape[0] > 0:
                 a_l = xp.take(a * e, idx, axis=0)  # (k, d_in)
                 b_l = xp.take(b, idx, axis=1)  # (d_out, k)

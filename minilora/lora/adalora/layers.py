@@ -18,9 +18,10 @@ unmerge, merge_and_unload and disable_adapter come from the LoRA layer. Paramete
 from __future__ import annotations
 
 from ... import backend, functional as F
+from ...errors import ConfigError
 from ...nn import Parameter
 from ...tensor import Tensor
-from ..layers import AdapterDict, LoRALinear, check_adapter_name
+from ..layers import LoRALinear
 from .config import adalora_scaling
 
 INIT_STD = 0.02  # PEFT's reset_lora_parameters: A, B ~ N(0, 0.02), E = 0
@@ -31,28 +32,33 @@ class SVDLinear(LoRALinear):
     """A frozen Linear-like base (in_features, out_features, __call__) plus AdaLoRA adapters."""
 
     adapter_param_names = ("lora_A", "lora_B", "lora_E")
+    adapter_tables = LoRALinear.adapter_tables + ("ranknum",)
+    factor_type = Parameter
+    min_rank = 0
+    peft_type = "ADALORA"
 
-    def __init__(self, base, rng_seed: int = 0):
-        super().__init__(base, rng_seed)
-        self.lora_E = AdapterDict()
-        self.ranknum: dict = {}
+    @classmethod
+    def adapter_shapes(cls, base, r: int) -> dict:
+        return {"lora_A": (r, base.in_features), "lora_E": (r, 1), "lora_B": (base.out_features, r)}
 
     def update_layer(self, name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
-                     init_lora_weights=True, seed: int = 0, ranknum=None) -> None:
+                     init_lora_weights=True, use_rslora: bool = False, seed: int = 0, *, ranknum=None) -> None:
         """Add (or replace) adapter ``name`` at rank r >= 0: A (r, d_in), E (r, 1), B (d_out, r).
 
         init_lora_weights True: A, B ~ N(0, 0.02), E = 0 (a no-op). False: E ~ N(0, 1) as well, so
         the adapter changes the output (for tests). ranknum: the divisor of the scale (default r).
+        use_rslora has no meaning here (the scale is lora_alpha / ranknum) and must stay False.
         """
-        check_adapter_name(name)
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise ValueError(f"SVDLinear.update_layer: r must be an integer >= 0, got {r!r}")
+        self.check_new_adapter(name, r)
+        if use_rslora:
+            raise ConfigError("SVDLinear.update_layer: use_rslora does not apply to AdaLoRA "
+                              "(its scale is lora_alpha / ranknum)")
         rng = backend.Random(seed, xp=self.xp)
         dtype = self.dtype
-        self.lora_A[name] = Parameter(rng.normal((r, self.in_features), std=INIT_STD, dtype=dtype))
-        self.lora_B[name] = Parameter(rng.normal((self.out_features, r), std=INIT_STD, dtype=dtype))
+        a = rng.normal((r, self.in_features), std=INIT_STD, dtype=dtype)
+        b = rng.normal((self.out_features, r), std=INIT_STD, dtype=dtype)
         e = rng.normal((r, 1), dtype=dtype) if init_lora_weights is False else self.xp.zeros((r, 1), dtype=dtype)
-        self.lora_E[name] = Parameter(e)
+        self.put_factors(name, lora_A=a, lora_B=b, lora_E=e)
         self.lora_dropout[name] = float(lora_dropout)
         self.r[name], self.lora_alpha[name] = r, lora_alpha
         self.scaling[name] = adalora_scaling(lora_alpha, r)
@@ -88,10 +94,6 @@ class SVDLinear(LoRALinear):
         self.lora_E[name].data = xp.take(e, idx, axis=0)  # (k, 1)
         self.lora_B[name].data = xp.take(b, idx, axis=1)  # (d_out, k)
         self.r[name] = int(idx.shape[0])
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.ranknum.pop(name, None)
 
     def set_factors(self, name, a, b, scaling) -> None:
         raise TypeError("SVDLinear holds SVD-form adapters; convert with to_lora() to set LoRA factors")

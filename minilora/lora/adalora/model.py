@@ -4,15 +4,17 @@
 get_lora_model). The training loop (minilora.train) adds ``regularization_loss()`` to the loss and
 calls ``update_and_allocate(step)`` after optimizer.step() and before zero_grad(), so the ranks are
 pruned without any user code. Only one AdaLoRA adapter may train at a time (inference_mode=False);
-others are frozen (PEFT's rule).
+others are frozen (PEFT's rule). For adapter files it overrides LoraModel's adapter_state_dict,
+expected_adapter_shapes and load_adapter_state_dict, which slice and resize the triplets to the
+rank pattern as PEFT does; lora/save_load.py writes and reads the files.
 """
 from __future__ import annotations
 
-from ... import ops
+from ... import backend, ops
 from ...nn import Module
 from ...tensor import Tensor, no_grad
-from ..inject import add_modules_to_save, find_targets, is_linear_like, layer_seed, lora_layers
-from ..layers import LoRALayer
+from ..adapter_state import PREFIX, AdapterLoadError, adapter_parameters, host_arrays
+from ..inject import add_modules_to_save, check_layer_kinds, find_targets, is_linear_like, layer_seed, lora_layers
 from ..model import LoraModel, register_model_class
 from .allocator import RankAllocator
 from .config import AdaLoraConfig
@@ -40,8 +42,8 @@ class AdaLoraModel(LoraModel):
             raise ValueError(f"AdaLoraModel trains one adapter at a time ({trainable[0]!r} is trainable): "
                              "give the new adapter inference_mode=True")
         targets = find_targets(self.model, config)
-        wrong = [p for p, m in targets if not (isinstance(m, SVDLinear) or
-                                                (is_linear_like(m) and not isinstance(m, LoRALayer)))]
+        check_layer_kinds(targets, config)
+        wrong = [p for p, m in targets if not (isinstance(m, SVDLinear) or is_linear_like(m))]
         if wrong:
             raise ValueError(f"AdaLoRA adapts Linear-like layers only; target_modules also matches {wrong}")
         for path, module in targets:
@@ -61,6 +63,63 @@ class AdaLoraModel(LoraModel):
         name = adapter_name or self.trainable_adapter_name or self.active_adapter
         return [(p, m) for p, m in lora_layers(self.model) if isinstance(m, SVDLinear) and name in m.r]
 
+    def kept_indices(self, adapter_name: str) -> dict:
+        """{layer path: indices of the triplets the rank pattern keeps}, for the layers whose rank is
+        still init_r (a layer without a pattern entry, or resized to it already, keeps every row)."""
+        pattern = self.peft_config[adapter_name].rank_pattern or {}
+        out = {}
+        for path, layer in self.svd_layers(adapter_name):
+            keep = pattern.get(f"{path}.lora_E")
+            if keep is None or len(keep) != layer.r[adapter_name]:
+                keep = [True] * layer.r[adapter_name]
+            out[path] = [i for i, k in enumerate(keep) if k]
+        return out
+
+    # ------------------------------------------------------------ adapter state (what files hold)
+    overwrites_on_load = False  # a loaded adapter is resized to its file's pattern: always a new one
+
+    def adapter_state_dict(self, adapter_name: str = "default") -> dict:
+        """LoRA's tensors, with every layer's A, E rows and B columns sliced to the triplets its rank
+        pattern keeps (PEFT's resize_state_dict_by_rank_pattern): A (k, d_in), E (k, 1), B (d_out, k)."""
+        arrays = {k: p.data for k, p in adapter_parameters(self, adapter_name).items()}
+        for path, idx in self.kept_indices(adapter_name).items():
+            for attr, axis in (("lora_A", 0), ("lora_E", 0), ("lora_B", 1)):
+                key = f"{PREFIX}{path}.{attr}"
+                xp = backend.namespace_of(arrays[key])
+                arrays[key] = xp.take(arrays[key], xp.asarray(idx, dtype=xp.int64), axis=axis)
+        return host_arrays(arrays)
+
+    @staticmethod
+    def layer_class_for(module) -> type:
+        return SVDLinear
+
+    @classmethod
+    def expected_adapter_shapes(cls, base: Module, config: AdaLoraConfig) -> dict:
+        """LoRA's keys with each layer's triplet at its kept rank k = sum(rank_pattern[path]) (init_r
+        where the pattern has no entry); a pattern entry must have init_r booleans."""
+        pattern = config.rank_pattern or {}
+        out = super().expected_adapter_shapes(base, config)
+        for path, module in find_targets(base, config):
+            keep = pattern.get(f"{path}.lora_E")
+            if keep is None:
+                continue
+            if len(keep) != config.init_r:
+                raise AdapterLoadError(f"rank_pattern[{path + '.lora_E'!r}] has {len(keep)} entries; "
+                                       f"init_r is {config.init_r}")
+            for suffix, shape in SVDLinear.adapter_shapes(module, int(sum(keep))).items():
+                out[f"{PREFIX}{path}.{suffix}"] = shape
+        return out
+
+    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
+        """Resize every layer to its rank pattern (rank 0 allowed; the scale keeps ranknum = init_r),
+        then copy the tensors in."""
+        pattern = self.peft_config[adapter_name].rank_pattern or {}
+        for path, layer in self.svd_layers(adapter_name):
+            keep = pattern.get(f"{path}.lora_E")
+            if keep is not None:
+                layer.resize(adapter_name, keep)
+        super().load_adapter_state_dict(adapter_name, tensors)
+
     def add_weighted_adapter(self, *args, **kwargs):
         raise TypeError("AdaLoraModel does not support add_weighted_adapter; convert with to_lora() first")
 
@@ -78,26 +137,16 @@ class AdaLoraModel(LoraModel):
         return orthogonal_regularizer(layers, name) * config.orth_reg_weight
 
     def update_and_allocate(self, global_step: int) -> None:
-        """Score and mask the triplets at ``global_step`` (call after optimizer.step(), before zero_grad).
-
-        Before total_step - tfinal: scores update and the budget masks on schedule; at
-        total_step - tfinal: the final pattern is chosen (target budget) and scores are reset;
-        after it: the final pattern is re-applied, so pruned triplets stay pruned."""
+        """Score and mask the triplets at ``global_step`` (call after optimizer.step(), before zero_grad):
+        RankAllocator.update_and_allocate does the work of each phase; the pattern it returns is kept
+        in the trainable adapter's config (rank_pattern, saved with the adapter)."""
         if self.rankallocator is None:
             return
         config = self.peft_config[self.trainable_adapter_name]
-        final = config.total_step - config.tfinal
         with no_grad():
-            if global_step < final:
-                _, pattern = self.rankallocator.update_and_allocate(global_step)
-                if pattern:
-                    config.rank_pattern = pattern
-            elif global_step == final:
-                _, pattern = self.rankallocator.update_and_allocate(global_step, force_mask=True)
-                config.rank_pattern = pattern
-                self.rankallocator.reset_ipt()
-            elif config.rank_pattern:
-                self.rankallocator.mask_using_rank_pattern(config.rank_pattern)
+            _, pattern = self.rankallocator.update_and_allocate(global_step, config.rank_pattern)
+        if pattern:
+            config.rank_pattern = pattern
 
     def kept_ranks(self, adapter_name: str | None = None) -> dict:
         """{layer path: number of kept triplets} from the rank pattern (init rank where none yet)."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+
+from ...io.atomic import atomic_path
 
 
 def rank_table(rank_pattern: dict) -> tuple:
@@ -65,14 +66,7 @@ def plot_rank_pattern(rank_pattern, path=None, title: str = "AdaLoRA: kept ranks
 
 
 def _save(fig, path: str) -> None:
-    folder = os.path.dirname(path) or "."
+    """Save the figure atomically, in the format the file name's extension says (PNG without one)."""
     suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix.lstrip("."))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
