@@ -54,22 +54,11 @@ def ring_seconds(nbytes: float, ranks: int, gbit_per_s: float) -> float:
 
 def child(steps: int) -> dict:
     """Time `steps` training steps (after one warm-up) of the demo; data-parallel under mpiexec."""
-    from minilora.data import Batches, encode_example, task_splits
+    from bench_finetune import demo_setup
     from minilora.distributed import start_data_parallel
-    from minilora.finetune import adapt, make_optimizer
-    from minilora.finetune_config import FinetuneConfig
-    from minilora.io import load_pretrained
-    from minilora.runtime import tune_allocator
     from minilora.train import TrainConfig, train
-    tune_allocator()
-    cfg = FinetuneConfig()
-    dp = start_data_parallel("auto", batch_size=cfg.batch_size)
-    model, tok = load_pretrained(cfg.model)
-    model = adapt(model, cfg)
-    optimizer = make_optimizer(model, cfg)
-    train_set, _ = task_splits(cfg.data, n_train=200, n_eval=5)
-    batches = Batches([encode_example(tok, p, c, cfg.max_seq_len) for p, c in train_set], cfg.batch_size,
-                      tok.eos_token_id, seed=0)
+    dp = start_data_parallel("auto", batch_size=8)  # the demo's global batch
+    model, _, optimizer, batches = demo_setup("lora")
     starts = []
 
     def timed_batches(step):  # a step starts when it asks for its batch
