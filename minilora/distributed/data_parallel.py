@@ -81,7 +81,6 @@ class DataParallel:
             self._step_ids += int(ids.size)
             self._local_ids += int(ids_k[:, :width].size)
             return ids_k[:, :width], labels_k[:, :width]
-        shard_of.tokens_per_example = getattr(batches, "tokens_per_example", None)
         return shard_of
 
     # ------------------------------------------------------------ the step
