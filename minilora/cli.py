@@ -2,7 +2,7 @@
 
     minilora finetune   fine-tune SmolLM2-135M (or a GGUF / HF folder / tiny model) with LoRA, QLoRA, AdaLoRA
     minilora generate   generate text, optionally with an adapter, streaming tokens as they come
-    minilora merge      merge an adapter into the base and write a Hugging Face checkpoint folder
+    minilora merge      merge an adapter into the base and write a Hugging Face checkpoint folder (and a GGUF)
     minilora info       architecture, parameter counts and memory of a model
     minilora verify     backend conformance report (every check, one row each)
     minilora tiny       train a small transformer from scratch on a generated task
@@ -64,6 +64,12 @@ def _merge(args) -> int:
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(args.out)
     print(f"merged {args.adapter} into {args.model}; wrote {args.out}")
+    if args.gguf:
+        from .io.gguf_write import save_gguf
+        from .io.pretrained import tokenizer_metadata
+        save_gguf(args.gguf, merged.config, merged.state_dict(), tokenizer_meta=tokenizer_metadata(args.model),
+                  qtype=args.gguf_type)
+        print(f"wrote {args.gguf} ({args.gguf_type})")
     return 0
 
 
@@ -169,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="smollm2-135m")
     m.add_argument("--adapter", required=True)
     m.add_argument("--out", required=True)
+    m.add_argument("--gguf", help="also write the merged model as a GGUF file (llama.cpp, ollama)")
+    m.add_argument("--gguf-type", default="F16", choices=["F32", "F16", "Q8_0"], help="GGUF weight type")
     m.set_defaults(func=_merge)
 
     i = sub.add_parser("info", help="architecture, parameter counts and memory")

@@ -31,7 +31,9 @@ def load_model_and_tokenizer(cfg: FinetuneConfig):
         tokenizer = CharTokenizer()
         return Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, **TINY_MODEL), seed=cfg.seed), tokenizer
     from .io.pretrained import load_pretrained
-    model, tokenizer = load_pretrained(cfg.model)
+    from .quant import QuantSpec
+    # QLoRA: straight into 4 bits, one tensor at a time (the float32 model never exists whole)
+    model, tokenizer = load_pretrained(cfg.model, quantize=QuantSpec(cfg.quant_type) if cfg.method == "qlora" else None)
     if tokenizer is None:
         raise ValueError(f"{cfg.model}: no tokenizer found beside the weights (tokenizer.json)")
     return model, tokenizer

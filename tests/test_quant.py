@@ -57,7 +57,7 @@ def test_dynamic_map_matches_bitsandbytes():
 
 def test_get_code_rejects_unknown_type():
     with pytest.raises(ValueError, match="quant_type"):
-        get_code("int4")
+        get_code("int8")
 
 
 # ---------------------------------------------------------------- golden bytes
@@ -195,7 +195,7 @@ def test_bad_arguments_raise_value_errors(xp):
     with pytest.raises(ValueError, match="blocksize"):
         quantize_4bit(x, blocksize=48)
     with pytest.raises(ValueError, match="quant_type"):
-        quantize_4bit(x, quant_type="int4")
+        quantize_4bit(x, quant_type="int8")
     with pytest.raises(ValueError, match="real floating"):
         quantize_4bit(xp.ones((4,), dtype=xp.int32))
     packed, state = quantize_4bit(x)

@@ -4,12 +4,21 @@ The bytes go to a temporary file in the destination's own folder (so the rename 
 system), are flushed and fsync'ed, and the temporary file is renamed over the destination with
 ``os.replace``, which POSIX and Windows both perform atomically. Readers see the old file or the new
 one, never a mix. On any error the temporary file is removed.
+
+File mode: the result has the mode a plain ``open(path, "w")`` gives, 0666 minus the umask (0644
+under the usual umask 022), so a merged model or an adapter folder can be read by other users and
+services. ``tempfile.mkstemp`` would create 0600, and the rename keeps the temporary file's mode,
+so the temporary file is created here with ``os.open(..., 0o666)``, which the kernel masks with the
+umask (no process-wide ``os.umask`` call, which would race with other threads). A writer that
+replaces the temporary file with its own (safetensors' ``save_file`` renames a file of mode 0600
+over it) gets that mode put back before the final rename.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 
 
 def _fsync_dir(folder: str) -> None:
@@ -26,18 +35,39 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _create_temporary(path: str) -> tuple[str, int]:
+    """Create an empty ``.<name>.<random>.tmp`` beside ``path`` with the mode ``open`` would give.
+
+    Returns (its path, that mode).
+    """
+    folder, name = os.path.split(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on a clean exit, fsync it and rename it to ``path``.
 
     For writers that want a file name (``safetensors.numpy.save_file``, ``json.dump`` via ``open``).
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    tmp, mode = _create_temporary(path)
     try:
         yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # the writer put its own file there
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())

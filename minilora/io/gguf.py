@@ -136,20 +136,33 @@ def config_from_metadata(meta: dict, tensor_names, path=None) -> ModelConfig:
         raise FileFormatError(path, f"metadata does not describe a valid model: {exc}") from None
 
 
+DECODE_CHUNK_BYTES = 16 << 20  # float output decoded per call: the temporaries stay this small
+
+
 def _dequantize(tensor, dtype, path) -> np.ndarray:
+    """The tensor as a new ``dtype`` array of shape reversed(ne), decoded in row chunks.
+
+    ``gguf.quants.dequantize`` makes about two float32 copies of what it decodes; chunk by chunk
+    into one output array, the largest tensor (the embedding) costs its own size, not three times.
+    """
     from gguf import quants
 
-    try:
-        with np.errstate(invalid="ignore", over="ignore"):  # corrupt scales are reported below instead
-            values = quants.dequantize(tensor.data, tensor.tensor_type)
-    except NotImplementedError:
-        raise FileFormatError(path, f"tensor {tensor.name!r}: type {tensor.tensor_type.name} "
-                                    "cannot be dequantized by the installed gguf package") from None
     shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ne is innermost-first
-    values = np.array(values, dtype=dtype).reshape(shape)
-    if not np.isfinite(values).all():
-        raise FileFormatError(path, f"tensor {tensor.name!r} contains NaN or infinite values")
-    return values
+    out = np.empty(shape, dtype=dtype)
+    rows_out = out.reshape(-1, shape[-1])                             # (rows, row length)
+    rows_in = tensor.data.reshape(-1, tensor.data.shape[-1])           # (rows, row bytes or values)
+    step = max(1, DECODE_CHUNK_BYTES // (shape[-1] * out.itemsize))
+    for start in range(0, rows_out.shape[0], step):
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):  # corrupt scales are reported below instead
+                chunk = quants.dequantize(rows_in[start:start + step], tensor.tensor_type)
+        except NotImplementedError:
+            raise FileFormatError(path, f"tensor {tensor.name!r}: type {tensor.tensor_type.name} "
+                                        "cannot be dequantized by the installed gguf package") from None
+        rows_out[start:start + step] = chunk
+        if not np.isfinite(rows_out[start:start + step]).all():
+            raise FileFormatError(path, f"tensor {tensor.name!r} contains NaN or infinite values")
+    return out
 
 
 def _reader_class():
@@ -187,6 +200,64 @@ def read_gguf(path):
         raise FileFormatError(path, f"invalid GGUF file: {type(exc).__name__}: {exc}") from None
 
 
+def _hf_named_tensors(reader, path) -> list:
+    """[(HF name, GGUF tensor)] of the file; an unknown tensor name is a FileFormatError."""
+    named = []
+    for tensor in reader.tensors:
+        name = gguf_to_hf_name(tensor.name)
+        if name is None:
+            if tensor.name.startswith("rope_freqs"):  # precomputed RoPE scaling factors: unused
+                continue
+            raise FileFormatError(path, f"unexpected tensor {tensor.name!r} for a llama model")
+        named.append((name, tensor))
+    return named
+
+
+def _decode(name: str, tensor, config: ModelConfig, dtype, path) -> np.ndarray:
+    """One tensor dequantized to ``dtype``, W_q / W_k un-permuted to the HF half-split layout."""
+    try:
+        value = _dequantize(tensor, dtype, path)
+    except MiniloraError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(path, f"invalid GGUF tensor data: {type(exc).__name__}: {exc}") from None
+    if name.endswith("q_proj.weight"):
+        value = unpermute_rope_rows(value, config.num_attention_heads)
+    elif name.endswith("k_proj.weight"):
+        value = unpermute_rope_rows(value, config.num_key_value_heads)
+    return value
+
+
+class _Shape:
+    """A tensor's shape alone, for ``check_llama_state_dict`` before anything is decoded."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def open_gguf(path, dtype=np.float32):
+    """Read a Llama GGUF's header -> (ModelConfig, tokenizer metadata, tensors).
+
+    ``tensors`` is an iterator of (HF name, NumPy array): each tensor is dequantized to ``dtype``
+    only when the iterator reaches it, so a caller that converts each one as it comes (e.g. to
+    4 bits) never holds the whole float model. Names and shapes are checked against the config
+    before anything is decoded.
+    """
+    path = os.fspath(path)
+    reader, meta = read_gguf(path)
+    try:
+        config = config_from_metadata(meta, [t.name for t in reader.tensors], path)
+        named = _hf_named_tensors(reader, path)
+        shapes = {name: _Shape(tuple(int(d) for d in reversed(t.shape.tolist()))) for name, t in named}
+    except MiniloraError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(path, f"invalid GGUF tensor data: {type(exc).__name__}: {exc}") from None
+    check_llama_state_dict(shapes, config, path)
+    tokenizer_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
+    return config, tokenizer_meta, ((name, _decode(name, t, config, dtype, path)) for name, t in named)
+
+
 def load_gguf(path, dtype=np.float32):
     """Read a Llama GGUF -> (ModelConfig, state_dict of HF name -> NumPy array, tokenizer metadata).
 
@@ -194,30 +265,8 @@ def load_gguf(path, dtype=np.float32):
     the HF half-split RoPE layout. Tokenizer metadata: the ``tokenizer.*`` keys (vocabulary, merges,
     token types, special ids, chat template) for ``Tokenizer.from_gguf_metadata``.
     """
-    path = os.fspath(path)
-    reader, meta = read_gguf(path)
-    try:
-        config = config_from_metadata(meta, [t.name for t in reader.tensors], path)
-        state = {}
-        for tensor in reader.tensors:
-            name = gguf_to_hf_name(tensor.name)
-            if name is None:
-                if tensor.name.startswith("rope_freqs"):  # precomputed RoPE scaling factors: unused
-                    continue
-                raise FileFormatError(path, f"unexpected tensor {tensor.name!r} for a llama model")
-            value = _dequantize(tensor, dtype, path)
-            if name.endswith("q_proj.weight"):
-                value = unpermute_rope_rows(value, config.num_attention_heads)
-            elif name.endswith("k_proj.weight"):
-                value = unpermute_rope_rows(value, config.num_key_value_heads)
-            state[name] = value
-    except MiniloraError:
-        raise
-    except Exception as exc:
-        raise FileFormatError(path, f"invalid GGUF tensor data: {type(exc).__name__}: {exc}") from None
-    tokenizer_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
-    check_llama_state_dict(state, config, path)
-    return config, state, tokenizer_meta
+    config, tokenizer_meta, tensors = open_gguf(path, dtype)
+    return config, dict(tensors), tokenizer_meta
 
 
 def llama_shapes(config: ModelConfig) -> dict:

@@ -64,34 +64,60 @@ def resolve_model(name_or_path) -> tuple[str, str]:
                                  "or a checkpoint folder)")
 
 
+def _writable(value):
+    """The freshly read arrays become the parameters (no second copy of the model); read-only views
+    into a memory-mapped file are copied so the parameters stay writable."""
+    import numpy as np
+    return np.require(value, requirements=["C", "W"]) if isinstance(value, np.ndarray) else value
+
+
 def model_from_state_dict(config: ModelConfig, state: dict, dtype="float32"):
     """A Transformer with ``config`` whose weights are ``state`` (host arrays, copied to the current backend)."""
     from ..models.transformer import Transformer
 
-    import numpy as np
-    # The freshly read arrays become the parameters (no second copy of the model); read-only views
-    # into a memory-mapped file are copied so the parameters stay writable.
-    state = {k: np.require(v, requirements=["C", "W"]) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    state = {k: _writable(v) for k, v in state.items()}
     model = Transformer(config, dtype=dtype, init=False)
     model.load_state_dict(state, strict=True, copy=False)
     model.eval()
     return model
 
 
-def load_pretrained(name_or_path="smollm2-135m", dtype="float32"):
-    """-> (Transformer in eval mode, Tokenizer or None). Weights land in the current backend."""
+def load_pretrained(name_or_path="smollm2-135m", dtype="float32", quantize=None):
+    """-> (Transformer in eval mode, Tokenizer or None). Weights land in the current backend.
+
+    quantize: a ``quant.QuantSpec`` to load the chosen Linear layers straight into 4 bits (QLoRA's
+    base). From a GGUF file the tensors are read, dequantized and quantized one at a time, so the
+    float32 model never exists whole; a Hugging Face folder is read whole first. Either way the
+    bytes equal ``quantize_model`` on the float model.
+    """
     from .tokenizer import Tokenizer
 
     kind, path = resolve_model(name_or_path)
     if kind == "gguf":
-        from .gguf import load_gguf
-        config, state, tokenizer_meta = load_gguf(path)
+        from .gguf import open_gguf
+        config, tokenizer_meta, tensors = open_gguf(path)
         tokenizer = Tokenizer.from_gguf_metadata(tokenizer_meta, source=path)
     else:
         from .hf_checkpoint import load_hf_checkpoint
         config, state = load_hf_checkpoint(path)
+        tensors = iter(state.items())
         tokenizer = Tokenizer.from_pretrained(path) if Tokenizer.exists_in(path) else None
-    return model_from_state_dict(config, state, dtype), tokenizer
+    if quantize is None:
+        return model_from_state_dict(config, dict(tensors), dtype), tokenizer
+    return quantized_model_from_tensors(config, tensors, quantize, dtype), tokenizer
+
+
+def quantized_model_from_tensors(config: ModelConfig, tensors, spec, dtype="float32"):
+    """A Transformer with ``config`` whose chosen Linear layers are 4-bit, filled from (name, array) pairs."""
+    from ..models.transformer import Transformer
+    from ..quant.convert import QuantSpec, load_weights_quantized
+
+    if not isinstance(spec, QuantSpec):
+        raise ValueError(f"quantize must be a QuantSpec, got {type(spec).__name__}")
+    model = Transformer(config, dtype=dtype, init=False)  # zero pages: not resident until written
+    load_weights_quantized(model, ((name, _writable(value)) for name, value in tensors), spec)
+    model.eval()
+    return model
 
 
 def load_model(name_or_path="smollm2-135m", dtype="float32"):
@@ -111,5 +137,22 @@ def load_tokenizer(name_or_path="smollm2-135m"):
     return Tokenizer.from_pretrained(path)
 
 
+def tokenizer_metadata(name_or_path="smollm2-135m") -> dict:
+    """The GGUF ``tokenizer.*`` keys of a model's tokenizer, to write it into a new GGUF file.
+
+    A GGUF model's own keys are passed on unchanged (read from the header, no tensor decoded); a
+    Hugging Face folder's tokenizer.json is converted as llama.cpp's converter does; {} when the
+    folder has no tokenizer.
+    """
+    kind, path = resolve_model(name_or_path)
+    if kind == "gguf":
+        from .gguf import read_gguf
+        return {k: v for k, v in read_gguf(path)[1].items() if k.startswith("tokenizer.")}
+    from .gguf_write import tokenizer_metadata_from_hf
+    from .tokenizer import Tokenizer
+    return tokenizer_metadata_from_hf(path) if Tokenizer.exists_in(path) else {}
+
+
 __all__ = ["smollm2_gguf_path", "smollm2_available", "resolve_model", "model_from_state_dict",
-           "load_pretrained", "load_model", "load_tokenizer"]
+           "quantized_model_from_tensors",
+           "load_pretrained", "load_model", "load_tokenizer", "tokenizer_metadata"]

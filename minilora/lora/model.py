@@ -149,9 +149,8 @@ class LoraModel(Module):
 
     # ------------------------------------------------------------ counting
     def get_nb_trainable_parameters(self) -> tuple:
-        """(trainable, total) parameter counts (PEFT's name)."""
-        params = self.model.parameters()
-        return sum(p.size for p in params if p.requires_grad), sum(p.size for p in params)
+        """(trainable, total) parameter counts (PEFT's name); a 4-bit weight counts d_out * d_in."""
+        return self.model.num_parameters(trainable_only=True), self.model.num_parameters()
 
     def trainable_parameters_summary(self) -> str:
         """PEFT's print_trainable_parameters line, returned instead of printed."""

@@ -84,7 +84,20 @@ class Module:
         return [p for p in self.parameters() if p.requires_grad]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+        """Every Parameter once (tied ones once), plus the frozen weights modules keep packed.
+
+        A 4-bit weight is a uint8 array, not a Parameter, yet it holds d_out * d_in parameters: they
+        count (``packed_parameter_count``), as PEFT's get_nb_trainable_parameters counts a
+        bitsandbytes Params4bit as two parameters per byte. So a model has one total in any format.
+        """
+        count = sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+        if not trainable_only:
+            count += sum(m.packed_parameter_count() for m in self.modules())
+        return count
+
+    def packed_parameter_count(self) -> int:
+        """Parameters this module itself stores outside Parameter objects (0; Linear4bit: its weight's)."""
+        return 0
 
     # ------------------------------------------------------------ submodules by name
     def get_submodule(self, path: str) -> "Module":

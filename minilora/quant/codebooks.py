@@ -9,6 +9,11 @@ to [-1, 1], with an exact zero and one more positive value than negative ones (1
 
 FP4 (E2M1 with bitsandbytes' bias) in code order:  [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, ...] / 12.
 
+Int4 (plain absmax integer quantization, the baseline of QLoRA's Table 2): 16 evenly spaced levels
+spanning [-1, 1], i.e. linspace(-1, 1, 16) = (2k - 15) / 15 for k = 0..15 (step 2/15). Every level is
+used and +-absmax is exact; there is no exact zero (0 maps to +-1/15). bitsandbytes has no such type:
+it exists here to compare data types, and files holding it are not bitsandbytes files.
+
 The 8-bit "dynamic" map (Dettmers, arXiv 1511.04561) quantizes double-quantized absmax values: for
 i = 0..6 the decade 10^(i-6) holds the 2^i midpoints of linspace(0.1, 1, 2^i + 1), with both signs;
 plus 0 and 1, sorted (256 values).
@@ -25,7 +30,7 @@ from functools import lru_cache
 from statistics import NormalDist
 
 NF4_OFFSET = 0.9677083
-QUANT_TYPES = ("nf4", "fp4")
+QUANT_TYPES = ("nf4", "fp4", "int4")
 
 
 def f32(value: float) -> float:
@@ -65,6 +70,12 @@ def fp4_code() -> tuple:
 
 
 @lru_cache(maxsize=None)
+def int4_code() -> tuple:
+    """The 16 Int4 values in code order (ascending): linspace(-1, 1, 16) in float32."""
+    return tuple(linspace_f32(-1.0, 1.0, 16))
+
+
+@lru_cache(maxsize=None)
 def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> tuple:
     """bitsandbytes' ``create_dynamic_map``: 256 ascending float32 values in [-0.99296875, 1]."""
     non_sign_bits = total_bits - 1
@@ -93,11 +104,13 @@ def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int
 
 
 def get_code(quant_type: str) -> tuple:
-    """The 16 code values of ``quant_type`` ("nf4" or "fp4") in code order."""
+    """The 16 code values of ``quant_type`` ("nf4", "fp4" or "int4") in code order."""
     if quant_type == "nf4":
         return nf4_code()
     if quant_type == "fp4":
         return fp4_code()
+    if quant_type == "int4":
+        return int4_code()
     raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got {quant_type!r}")
 
 

@@ -122,3 +122,7 @@ class Linear4bit(Module):
         s = self.quant_state
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
                 f"quant_type={s.quant_type}, blocksize={s.blocksize}, double_quant={s.nested}")
+
+    def packed_parameter_count(self) -> int:
+        """d_out * d_in: the parameters the packed weight holds (counted by ``num_parameters``)."""
+        return self.quant_state.numel
