@@ -11,8 +11,20 @@ from . import backend
 from .tensor import primitive
 
 
+_NAMESPACE_OF_TYPE: dict = {}  # array type -> its namespace, as backend.namespace_of answered
+
+
 def _xp(*arrays):
-    return backend.namespace_of(*arrays)
+    """backend.namespace_of(*arrays), which refuses arrays of two backends; when the arrays share one
+    type already seen, a dict lookup (a decoding step calls this about a thousand times)."""
+    kinds = {type(a) for a in arrays if a is not None and not isinstance(a, (int, float, bool))}
+    if len(kinds) != 1:
+        return backend.namespace_of(*arrays)
+    (kind,) = kinds
+    xp = _NAMESPACE_OF_TYPE.get(kind)
+    if xp is None:
+        xp = _NAMESPACE_OF_TYPE[kind] = backend.namespace_of(*arrays)
+    return xp
 
 
 def _sum_leading(xp, g):

@@ -5,7 +5,8 @@
     y = softmax(q k^T / sqrt(hs) + causal mask) v                (each kv head serves nh/nkv query heads)
     out = y Wo^T (B, T, C)
 
-Every projection is a submodule called as ``self.q_proj(x)``, so LoRA can swap it for a wrapper.
+Every projection is a submodule called as ``self.q_proj(x)``, so LoRA can swap it for a wrapper;
+without gradients, plain q/k/v Linears run as one stacked product (models/fused.py).
 The heads are handled by reshapes and one batched GEMM (kernels.attention): no loop over heads.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .. import ops
 from ..nn import Linear, Module
 from ..tensor import Tensor
 from .config import ModelConfig
+from .fused import fused_linears
 
 
 class Attention(Module):
@@ -37,18 +39,21 @@ class Attention(Module):
         """x (B, T, C); rope: (cos, sin) each (T, 1, hs) or None; cache: KVCache or None -> (B, T, C)."""
         b, t, _ = x.shape
         hs = self.head_dim
-        q = ops.reshape(self.q_proj(x), shape=(b, t, self.num_heads, hs))  # (B, T, nh, hs)
-        k = ops.reshape(self.k_proj(x), shape=(b, t, self.num_kv_heads, hs))  # (B, T, nkv, hs)
-        v = ops.reshape(self.v_proj(x), shape=(b, t, self.num_kv_heads, hs))  # (B, T, nkv, hs)
+        qkv = fused_linears(x, (self.q_proj, self.k_proj, self.v_proj)) or (self.q_proj(x), self.k_proj(x),
+                                                                             self.v_proj(x))
+        q = ops.reshape(qkv[0], shape=(b, t, self.num_heads, hs))  # (B, T, nh, hs)
+        k = ops.reshape(qkv[1], shape=(b, t, self.num_kv_heads, hs))  # (B, T, nkv, hs)
+        v = ops.reshape(qkv[2], shape=(b, t, self.num_kv_heads, hs))  # (B, T, nkv, hs)
         if self.use_rope:
             cos, sin = rope  # (T, 1, hs): broadcast over the head axis
             q = F.rope(q, cos, sin, interleaved=self.rope_interleaved)
             k = F.rope(k, cos, sin, interleaved=self.rope_interleaved)
         q = ops.permute(q, axes=(0, 2, 1, 3))  # (B, nh, T, hs)
-        k = _heads_first(k)  # (B, nkv, T, hs)
-        v = _heads_first(v)  # (B, nkv, T, hs)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
+        if cache is not None:  # the cache copies k, v into its contiguous buffers: views suffice here
+            k, v = cache.update(self.layer_idx, ops.permute(k, axes=(0, 2, 1, 3)),
+                                ops.permute(v, axes=(0, 2, 1, 3)))  # (B, nkv, S, hs)
+        else:
+            k, v = _heads_first(k), _heads_first(v)  # (B, nkv, T, hs)
         y = F.attention(q, k, v, causal=True)  # (B, nh, T, hs)
         y = ops.reshape(ops.permute(y, axes=(0, 2, 1, 3)), shape=(b, t, self.num_heads * hs))  # (B, T, nh*hs)
         return self.o_proj(y)

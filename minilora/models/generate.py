@@ -1,12 +1,17 @@
 """Autoregressive generation with a KV cache: greedy, temperature and top-k sampling.
 
 Step 0 runs the whole prompt (B, T0) once and fills the cache; each later step feeds only the last
-token (B, 1), whose keys/values are appended to the cache. Next-token rule on the last logits z (B, V):
+token (B, 1), whose keys/values are written into the cache (preallocated for T0 + max_new_tokens
+positions). Only the last position goes through lm_head. On NumPy the decoding steps run with the
+BLAS thread count that times fastest (models/blas_threads.py). Next-token rule on the last logits z (B, V):
 
     temperature == 0:  argmax z                                              (greedy)
     otherwise:         sample from softmax(z / temperature) restricted to the top_k largest z,
                        drawn with the Gumbel-max trick argmax(z / temperature + G), G = -log(-log U),
                        U ~ Uniform[0, 1) from a backend.Random (same seed, same tokens).
+
+The top_k threshold is the k-th largest z, found by a partial sort (xp.partition) where the
+namespace has one, else by a full sort: the same value either way.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Tensor, no_grad
+from .blas_threads import ThreadChooser
 from .kv_cache import KVCache
-from .transformer import as_token_ids
+from .transformer import Transformer, as_token_ids
 
 
 def next_token(logits, temperature: float = 0.0, top_k: int | None = None, rng=None):
@@ -28,7 +34,9 @@ def next_token(logits, temperature: float = 0.0, top_k: int | None = None, rng=N
     z = logits / temperature
     if top_k is not None and top_k < z.shape[-1]:
         v = z.shape[-1]
-        kth = xp.sort(z, axis=-1)[:, v - top_k:v - top_k + 1]  # (B, 1): the k-th largest
+        partition = getattr(xp, "partition", None)  # NumPy and CuPy: O(V) instead of a sort
+        ordered = partition(z, v - top_k, axis=-1) if partition is not None else xp.sort(z, axis=-1)
+        kth = ordered[:, v - top_k:v - top_k + 1]  # (B, 1): the k-th largest
         z = xp.where(z >= kth, z, xp.full_like(z, -math.inf))
     u = rng.uniform(tuple(z.shape), dtype=z.dtype)
     gumbel = -xp.log(-xp.log(u))  # u == 0 gives -inf: never chosen
@@ -54,15 +62,23 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
     ids = as_token_ids(_as_2d(prompt_ids), xp)  # (B, T0)
     if temperature > 0 and rng is None:
         rng = backend.Random(0, xp)
-    cache = KVCache(model.config.num_hidden_layers) if use_cache else None
+    cache = KVCache(model.config.num_hidden_layers, capacity=ids.shape[1] + max_new_tokens) if use_cache else None
+    threads = ThreadChooser(xp)
     was_training = model.training
     model.eval()
     done = np.zeros(ids.shape[0], dtype=bool)
     try:
         with no_grad():
             feed = ids
-            for _ in range(max_new_tokens):
-                logits = model(feed, cache=cache).data[:, -1, :]  # (B, V)
+            for step_index in range(max_new_tokens):
+                decoding = use_cache and step_index > 0  # one token per row: GEMVs
+                if decoding:
+                    threads.begin()
+                else:
+                    threads.prefill()
+                logits = last_logits(model, feed, cache)  # (B, V)
+                if decoding:
+                    threads.end()
                 token = next_token(logits, temperature, top_k, rng)  # (B,)
                 host = backend.to_numpy(token).astype(np.int64)
                 yield host
@@ -73,7 +89,18 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
                 step = xp.reshape(token, (-1, 1))  # (B, 1)
                 feed = step if use_cache else xp.concat((feed, step), axis=1)
     finally:
+        threads.restore()
         model.train(was_training)
+
+
+def last_logits(model, ids, cache):
+    """Logits (B, V) of the last position of ids (B, T); a Transformer (or a wrapper whose base is one)
+    sends only that position through lm_head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if isinstance(base, Transformer):
+        h = base.model(ids, cache=cache).data  # (B, T, C)
+        return base.lm_head(Tensor(h[:, -1:, :])).data[:, 0, :]  # (B, V)
+    return model(ids, cache=cache).data[:, -1, :]
 
 
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,

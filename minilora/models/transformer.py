@@ -23,6 +23,7 @@ from ..tensor import Tensor
 from .attention import Attention, Zeros, _linear
 from .checkpoint import checkpoint
 from .config import ModelConfig
+from .fused import fused_linears
 
 INIT_STD = 0.02  # Hugging Face's initializer_range
 
@@ -39,8 +40,9 @@ class MLP(Module):
         self.down_proj = _linear(f, c, bias, dtype, rng, INIT_STD)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gated:
-            return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))  # (B, T, F) -> (B, T, C)
+        if self.gated:  # without gradients, plain gate/up Linears run as one stacked product
+            gate, up = fused_linears(x, (self.gate_proj, self.up_proj)) or (self.gate_proj(x), self.up_proj(x))
+            return self.down_proj(F.swiglu(gate, up))  # (B, T, F) -> (B, T, C)
         return self.down_proj(F.gelu(self.up_proj(x)))
 
 

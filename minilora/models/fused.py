@@ -1,0 +1,66 @@
+"""Fused projections for inference: several Linears that read the same input as one GEMM.
+
+    [y_1 | y_2 | ... ] = x [W_1; W_2; ...]^T + [b_1 | b_2 | ...]        x (..., C) -> each y_i (..., d_i)
+
+Decoding reads every weight once per token, so q/k/v (and gate/up) as one product saves a BLAS call,
+its thread wake-up and the Python around it, per layer and token. The stacked weight costs no memory:
+the first fused call copies W_1, W_2, ... into one (sum d_i, C) buffer and makes each Linear's
+``weight.data`` a row block (a contiguous view) of it, so training updates in place, ``state_dict``
+and merges keep seeing the same numbers. If anything later rebinds a ``weight.data`` (a load, a cast,
+an optimizer that assigns), the identity check below notices and the next call restacks.
+
+Used only when no gradient is recorded and every module is a plain ``nn.Linear`` (not a LoRA wrapper,
+not a 4-bit layer): anything else returns None and the caller runs the modules one by one.
+"""
+from __future__ import annotations
+
+import weakref
+
+from .. import kernels
+from ..nn import Linear
+from ..tensor import Tensor, is_grad_enabled
+
+_STACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first Linear -> _Stack
+
+
+class _Stack:
+    """The stacked weight (sum d_i, C), stacked bias or None, and the per-Linear views handed out."""
+
+    def __init__(self, linears, xp):
+        weights = [m.weight.data for m in linears]
+        self.weight = xp.concat(weights, axis=0)  # (sum d_i, C): one copy, then the originals go
+        self.sizes = [int(w.shape[0]) for w in weights]
+        ends = [sum(self.sizes[:i + 1]) for i in range(len(self.sizes))]
+        starts = [e - s for e, s in zip(ends, self.sizes)]
+        self.bias = None
+        if linears[0].bias is not None:
+            self.bias = xp.concat([m.bias.data for m in linears], axis=0)  # (sum d_i,)
+            for m, a, e in zip(linears, starts, ends):
+                m.bias.data = self.bias[a:e]
+        for m, a, e in zip(linears, starts, ends):
+            m.weight.data = self.weight[a:e, :]
+        self.views = [(m.weight.data, None if m.bias is None else m.bias.data) for m in linears]
+
+    def holds(self, linears) -> bool:
+        """True while every Linear still uses the very arrays this stack handed out."""
+        return all(m.weight.data is w and (m.bias is None if b is None else (m.bias is not None and m.bias.data is b))
+                   for m, (w, b) in zip(linears, self.views))
+
+
+def fused_linears(x: Tensor, linears) -> list[Tensor] | None:
+    """[m(x) for m in linears] as one product, or None where that is not allowed (see the module doc)."""
+    if is_grad_enabled() or any(type(m) is not Linear for m in linears):
+        return None
+    first = linears[0]
+    if any((m.bias is None) != (first.bias is None) or m.weight.dtype != first.weight.dtype
+           or m.in_features != first.in_features for m in linears):
+        return None
+    stack = _STACKS.get(first)
+    if stack is None or not stack.holds(linears):
+        stack = _STACKS[first] = _Stack(linears, first.weight.xp)
+    y = kernels.linear(x.data, stack.weight, stack.bias).data  # (..., sum d_i)
+    out, start = [], 0
+    for size in stack.sizes:
+        out.append(Tensor(y[..., start:start + size]))
+        start += size
+    return out

@@ -1,0 +1,125 @@
+"""The decoding path: in-place KV cache, fused projections, thread choice, top-k by partition."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minilora import backend
+from minilora.models import KVCache, ModelConfig, Transformer, generate, next_token
+from minilora.models import blas_threads
+from minilora.models.fused import _STACKS
+from minilora.tensor import Tensor, no_grad
+
+
+def tiny(style="llama"):
+    return ModelConfig(style=style, vocab_size=37, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2 if style == "llama" else 4,
+                       max_position_embeddings=64, rope_theta=500.0)
+
+
+def ids_of(seed, b, t):
+    return np.random.default_rng(seed).integers(0, 37, (b, t))
+
+
+def logits(model, ids, grad: bool):
+    """The model's logits with gradients recorded (projections one by one) or not (fused)."""
+    if grad:
+        return backend.to_numpy(model(ids).data)
+    with no_grad():
+        return backend.to_numpy(model(ids).data)
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2"])
+def test_fused_projections_equal_separate_ones(style):
+    model = Transformer(tiny(style), dtype="float64", seed=3)
+    ids = ids_of(0, 2, 6)
+    np.testing.assert_allclose(logits(model, ids, grad=False), logits(model, ids, grad=True), rtol=1e-12, atol=1e-12)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj in _STACKS  # the stack exists; the weights are its row blocks
+    stacked = attn.q_proj.weight.data.base
+    assert stacked is not None and attn.v_proj.weight.data.base is stacked
+
+
+def test_fused_stack_follows_in_place_updates_and_rebinding():
+    model = Transformer(tiny(), dtype="float64", seed=4)
+    ids = ids_of(1, 1, 5)
+    logits(model, ids, grad=False)  # builds the stacks
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
+    attn.k_proj.weight.data[...] += 0.5  # in place: the stack sees it
+    mlp.up_proj.weight.data = mlp.up_proj.weight.data * 2.0  # rebound: the stack is rebuilt
+    np.testing.assert_allclose(logits(model, ids, grad=False), logits(model, ids, grad=True), rtol=1e-12, atol=1e-12)
+
+
+def test_kv_cache_grows_past_its_capacity_and_checks_shapes():
+    model = Transformer(tiny(), dtype="float64", seed=5)
+    ids = ids_of(2, 2, 9)
+    cache, pieces = KVCache(2, capacity=2), []
+    with no_grad():
+        for a, b in ((0, 3), (3, 4), (4, 9)):
+            pieces.append(backend.to_numpy(model(ids[:, a:b], cache=cache).data))
+    assert cache.length == 9 and cache.keys[0].shape[2] >= 9
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), logits(model, ids, grad=True), rtol=1e-10, atol=1e-12)
+    with no_grad(), pytest.raises(ValueError, match="do not fit"):
+        model(ids[:1, :1], cache=cache)  # another batch size
+    with pytest.raises(ValueError, match="capacity"):
+        KVCache(2, capacity=0)
+
+
+def test_kv_cache_keeps_gradients_to_new_positions():
+    cache = KVCache(1)
+    k0 = Tensor(np.ones((1, 1, 2, 3)))
+    cache.update(0, k0, k0)
+    k1 = Tensor(np.full((1, 1, 1, 3), 2.0), requires_grad=True)
+    keys, _ = cache.update(0, k1, Tensor(np.zeros((1, 1, 1, 3))))
+    (keys * keys).sum().backward()
+    np.testing.assert_array_equal(k1.grad, np.full((1, 1, 1, 3), 4.0))
+    np.testing.assert_array_equal(keys.data[0, 0, :, 0], [1.0, 1.0, 2.0])
+
+
+def test_top_k_by_partition_equals_top_k_by_sort():
+    import array_api_strict as strict  # no partition: the full sort
+    z = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
+    for k in (1, 5, 49):
+        kth = np.sort(z, axis=-1)[:, 50 - k:51 - k]
+        mask = z >= kth
+        picks = [backend.to_numpy(next_token(z, 1.0, k, backend.Random(s))) for s in range(30)]
+        assert all(mask[np.arange(3), p].all() for p in picks)
+        strict_picks = next_token(strict.asarray(z), 1.0, k, backend.Random(0, strict))
+        assert mask[np.arange(3), np.asarray(backend.to_numpy(strict_picks))].all()
+
+
+def test_thread_chooser_keeps_the_faster_count_and_restores(monkeypatch):
+    state = {"threads": 2}
+    monkeypatch.setattr(blas_threads, "blas_threads", lambda: state["threads"])
+    monkeypatch.setattr(blas_threads, "set_blas_threads", lambda n: state.update(threads=n))
+    monkeypatch.setattr(blas_threads, "_crowded", lambda cores: False)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(blas_threads.time, "perf_counter", lambda: clock["t"])
+    chooser = blas_threads.ThreadChooser(np, period=10, rounds=2)
+    chooser.cores = chooser.candidates[0] = 2
+    used = []
+    for _ in range(6):
+        chooser.begin()
+        used.append(state["threads"])
+        clock["t"] += 1.0 if state["threads"] == 2 else 0.25  # one thread is faster here
+        chooser.end()
+    assert used == [2, 1, 2, 1, 1, 1]
+    chooser.restore()
+    assert state["threads"] == 2
+
+
+def test_generation_leaves_the_blas_thread_count_as_it_was():
+    before = blas_threads.blas_threads()
+    generate(Transformer(tiny(), seed=1), ids_of(3, 1, 4), 5)
+    assert blas_threads.blas_threads() == before
+
+
+def test_kernel_namespace_cache_still_refuses_mixed_backends():
+    import array_api_strict as strict
+    from minilora import kernels
+    a = np.ones((2, 3), dtype=np.float32)
+    assert kernels._xp(a, a) is np and kernels._xp(a, None, 2.0) is np  # cached after the first call
+    with pytest.raises(backend.BackendError):
+        kernels._xp(a, strict.asarray(a))
+    with pytest.raises(backend.BackendError):
+        kernels.rms_norm(a, strict.ones((3,), dtype=strict.float32))
