@@ -2,6 +2,7 @@
 
     minilora finetune   fine-tune SmolLM2-135M (or a GGUF / HF folder / tiny model) with LoRA, QLoRA, AdaLoRA
     minilora generate   generate text, optionally with an adapter, streaming tokens as they come
+    minilora eval       mean NLL and perplexity of a model (and adapter) on a text file, JSONL split or task
     minilora merge      merge an adapter into the base and write a Hugging Face checkpoint folder (and a GGUF)
     minilora info       architecture, parameter counts and memory of a model
     minilora verify     backend conformance report (every check, one row each)
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import MiniloraError
@@ -19,12 +21,43 @@ from .errors import MiniloraError
 def _finetune(args) -> int:
     from .finetune import run_finetune
     from .finetune_config import FinetuneConfig
-    flags = {k: v for k, v in vars(args).items() if k in FinetuneConfig.__dataclass_fields__ and v is not None}
-    defaults = FinetuneConfig()
-    given = {k: v for k, v in flags.items() if k in args.explicit or v != getattr(defaults, k)}
-    cfg = FinetuneConfig.from_file(args.config, overrides=given) if args.config else FinetuneConfig(**flags)
+    # Flags default to argparse.SUPPRESS, so vars(args) holds exactly the flags given: they override --config.
+    given = {k: v for k, v in vars(args).items() if k in FinetuneConfig.__dataclass_fields__}
+    config = getattr(args, "config", None)
+    cfg = FinetuneConfig.from_file(config, overrides=given) if config else FinetuneConfig(**given)
     cfg.validate()  # before any heavy work
     run_finetune(cfg)
+    return 0
+
+
+def _eval(args) -> int:
+    from .backend import use_backend
+    from .data import in_order
+    from .errors import ConfigError
+    from .evaluate import check_eval_source, encode_eval_source, mean_nll
+    from .finetune import model_and_tokenizer
+    from .io.atomic import write_text_atomic
+    from .lora import load_adapter
+    for name in ("max_seq_len", "batch_size", "eval_examples") + (("max_batches",) if args.max_batches else ()):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    check_eval_source(args.data, args.split)  # before the model loads
+    if args.adapter and not os.path.isdir(args.adapter):
+        raise ConfigError(f"--adapter {args.adapter!r} is not a folder")
+    with use_backend(args.backend):
+        model, tokenizer = model_and_tokenizer(args.model, args.seed)
+        encoded = encode_eval_source(args.data, tokenizer, args.max_seq_len, args.split, not args.no_mask_prompt,
+                                     args.eval_examples, args.seed)
+        batches = in_order(encoded, args.batch_size, getattr(tokenizer, "pad_token_id", None) or 0, args.max_batches)
+        results = {"base": mean_nll(model, batches)}
+        if args.adapter:
+            results["adapter"] = mean_nll(load_adapter(model, args.adapter), batches)
+    for label, r in results.items():
+        name = args.model if label == "base" else f"{args.model} + {args.adapter}"
+        print(f"{name}: mean NLL {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f} "
+              f"({r['tokens']:,} tokens of {args.data})")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 
@@ -111,50 +144,62 @@ def _tiny(args) -> int:
     return 0
 
 
-class _Explicit(argparse.Action):
-    """Store the value and remember that the flag was given (flags override a --config file)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.explicit = getattr(namespace, "explicit", set()) | {self.dest}
-
-
 def _add_finetune(sub) -> None:
-    from .finetune_config import DISTRIBUTED_MODES, FinetuneConfig
+    from .backend import BACKENDS
+    from .finetune_config import DEFAULT_STEPS, DISTRIBUTED_MODES, LR_SCHEDULES, METHODS, OPTIMIZERS, FinetuneConfig
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune a model with LoRA, QLoRA or AdaLoRA",
+                       argument_default=argparse.SUPPRESS,  # unset flags stay out of vars(args)
                        description="Fine-tune a pretrained model on a generated task or your JSONL data. "
                                    "Defaults: SmolLM2-135M-Instruct, LoRA r=8 on q_proj,v_proj, the 'dates' task.")
-    add = lambda flag, **kw: p.add_argument(flag, action=kw.pop("action", _Explicit), **kw)  # noqa: E731
-    add("--model", default=d.model, help="smollm2-135m (default), a .gguf file, an HF folder, or tiny")
-    add("--data", default=d.data, help="task (dates, units, sort, reverse) or a folder with train/valid.jsonl")
-    add("--method", default=d.method, choices=["lora", "qlora", "adalora"])
-    add("--r", type=int, default=d.r, help="LoRA rank (AdaLoRA: initial rank)")
-    add("--alpha", type=float, default=d.alpha, help="LoRA alpha (scaling = alpha / r)")
-    add("--dropout", type=float, default=d.dropout)
-    add("--targets", default=d.targets, help="comma-separated module names, or all-linear")
+
+    def add(flag, help=None, **kw):
+        default = getattr(d, flag[2:].replace("-", "_"), None)
+        if kw.get("action") is None and default is not None:
+            help = f"{help} (default: {default})" if help else f"default: {default}"
+        p.add_argument(flag, help=help, **kw)
+    add("--model", help="smollm2-135m, a .gguf file, an HF folder, or tiny")
+    add("--data", help="task (dates, units, sort, reverse) or a folder with train/valid[/test].jsonl")
+    add("--method", choices=METHODS)
+    add("--r", type=int, help="LoRA rank (AdaLoRA: initial rank)")
+    add("--alpha", type=float, help="LoRA alpha (scaling = alpha / r)")
+    add("--dropout", type=float)
+    add("--targets", help="comma-separated module names, or all-linear")
     add("--rslora", action="store_true", help="scaling alpha / sqrt(r)")
-    add("--loraplus-ratio", dest="loraplus_ratio", type=float, default=None, help="LoRA+: lr_B / lr_A")
-    add("--steps", type=int, default=d.steps)
-    add("--batch-size", dest="batch_size", type=int, default=d.batch_size)
-    add("--lr", type=float, default=d.lr)
-    add("--max-seq-len", dest="max_seq_len", type=int, default=d.max_seq_len)
+    add("--loraplus-ratio", dest="loraplus_ratio", type=float, help="LoRA+: lr_B / lr_A")
+    add("--steps", type=int, help=f"optimizer steps (default: {DEFAULT_STEPS}; or give --epochs)")
+    add("--epochs", type=float, help="passes over the training set, instead of --steps")
+    add("--batch-size", dest="batch_size", type=int, help="examples per micro-batch")
+    add("--grad-accumulation-steps", dest="grad_accumulation_steps", type=int,
+        help="micro-batches per optimizer step")
+    add("--lr", type=float)
+    add("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES, help="after a linear warmup")
+    add("--warmup-steps", dest="warmup_steps", type=int)
+    add("--optimizer", choices=OPTIMIZERS, help="sgd: momentum 0.9")
+    add("--weight-decay", dest="weight_decay", type=float)
+    add("--no-mask-prompt", dest="mask_prompt", action="store_false", help="train on the prompt tokens too")
+    add("--max-seq-len", dest="max_seq_len", type=int)
     add("--grad-checkpoint", dest="grad_checkpoint", action="store_true", help="recompute blocks in backward")
-    add("--backend", default=d.backend, choices=["numpy", "cupy", "array_api_strict"])
-    add("--seed", type=int, default=d.seed)
-    add("--out", default=d.out, help="output folder (adapter, history.json, loss.png, checkpoint)")
+    add("--backend", choices=BACKENDS)
+    add("--seed", type=int)
+    add("--out", help="output folder (adapter, history.json, summary.json, loss.png, checkpoint)")
     add("--resume", action="store_true", help="continue from the checkpoint in --out")
-    add("--save-every", dest="save_every", type=int, default=d.save_every, help="checkpoint every N steps")
-    add("--eval-examples", dest="eval_examples", type=int, default=d.eval_examples)
-    add("--target-r", dest="target_r", type=int, default=d.target_r, help="AdaLoRA: final average rank")
-    add("--distributed", default=d.distributed, choices=DISTRIBUTED_MODES,
-        help="data-parallel over MPI: auto (when mpiexec starts several processes), mpi, none")
-    p.add_argument("--config", help="JSON or YAML file of the same settings (flags override it)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="print lines, not a bar")
-    p.set_defaults(func=_finetune, explicit=set())
+    add("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
+    add("--eval-examples", dest="eval_examples", type=int, help="held-out examples for exact match")
+    add("--eval-every", dest="eval_every", type=int,
+        help="validation loss every N steps (default: about 10 times a run; 0: at the end only)")
+    add("--val-batches", dest="val_batches", type=int, help="at most this many validation batches (default: all)")
+    add("--test", action="store_true", help="report the loss and perplexity on the data folder's test.jsonl")
+    add("--target-r", dest="target_r", type=int, help="AdaLoRA: final average rank")
+    add("--distributed", choices=DISTRIBUTED_MODES, help="data-parallel over MPI: auto (when mpiexec starts "
+        "several processes), mpi, none")
+    add("--config", help="JSON or YAML file of the same settings (flags override it)")
+    add("--no-progress", dest="progress", action="store_false", help="print lines, not a bar")
+    p.set_defaults(func=_finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backend import BACKENDS
     parser = argparse.ArgumentParser(prog="minilora", description=(
         "Parameter-efficient fine-tuning (LoRA, QLoRA, LoRA+, AdaLoRA) from scratch on NumPy."))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,12 +224,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--gguf-type", default="F16", choices=["F32", "F16", "Q8_0"], help="GGUF weight type")
     m.set_defaults(func=_merge)
 
+    e = sub.add_parser("eval", help="mean NLL and perplexity on a text file, a JSONL split or a task",
+                       description="Mean negative log-likelihood per scored token and its perplexity: every "
+                                   "token of a text file, the completion tokens of a JSONL folder's split or of a "
+                                   "task's held-out examples; with --adapter, before and after applying it.")
+    e.add_argument("--data", required=True, help="a text file, a folder with valid.jsonl/test.jsonl, or a task")
+    e.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a .gguf file, an HF folder, or tiny")
+    e.add_argument("--adapter", help="a PEFT-format adapter folder: report the loss with it as well")
+    e.add_argument("--split", default="valid", choices=["valid", "test"], help="JSONL folder: which split")
+    e.add_argument("--max-seq-len", type=int, default=128, help="tokens per example or text window")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-batches", type=int, default=None, help="score at most this many batches")
+    e.add_argument("--eval-examples", type=int, default=50, help="task: held-out examples (as finetune)")
+    e.add_argument("--no-mask-prompt", action="store_true", help="JSONL/task: score the prompt tokens too")
+    e.add_argument("--backend", default="numpy", choices=BACKENDS)
+    e.add_argument("--seed", type=int, default=0, help="task examples (as finetune's --seed); tiny model init")
+    e.add_argument("--json", help="write the results to this file")
+    e.set_defaults(func=_eval)
+
     i = sub.add_parser("info", help="architecture, parameter counts and memory")
     i.add_argument("--model", default="smollm2-135m")
     i.set_defaults(func=_info)
 
     v = sub.add_parser("verify", help="backend conformance report")
-    v.add_argument("--backend", default="numpy", help="numpy | cupy | array_api_strict | all")
+    v.add_argument("--backend", default="numpy", help=" | ".join(BACKENDS + ("all",)))
     v.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     v.add_argument("--examples", type=int, default=10, help="drawn examples per check")
     v.add_argument("--json", help="write the report to this file")
@@ -211,7 +274,7 @@ def main(argv=None) -> int:
     except (MiniloraError, ValueError, FileNotFoundError) as exc:
         print(f"minilora {args.command}: error: {exc}", file=sys.stderr)
         from .distributed import abort_peers
-        abort_peers(2, getattr(args, "distributed", None))  # under mpiexec: end the other ranks too
+        abort_peers(2, getattr(args, "distributed", "auto"))  # under mpiexec: end the other ranks too
         return 2
 
 

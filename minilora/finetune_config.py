@@ -8,13 +8,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from . import backend
+from .checkpoint import checkpoint_path
+from .data.jsonl import check_jsonl_folder
+from .data.tasks import TASKS
 from .distributed.communicator import MODES as DISTRIBUTED_MODES
 from .errors import ConfigError, MissingFileError
+from .io.pretrained import DEFAULT_MODEL_NAMES
+from .io.safetensors_io import read_safetensors_metadata
 
 METHODS = ("lora", "qlora", "adalora")
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+DEFAULT_STEPS = 60  # when neither steps nor epochs is given
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
                  "lm_head")
 
@@ -30,10 +39,16 @@ class FinetuneConfig:
     targets: str = "q_proj,v_proj"   # comma-separated module names, or "all-linear"
     rslora: bool = False
     loraplus_ratio: float | None = None
-    steps: int = 60
-    batch_size: int = 8
+    steps: int | None = None         # optimizer steps (default 60); or give epochs instead
+    epochs: float | None = None      # passes over the training set: steps = ceil(epochs * n / (batch * accumulation))
+    batch_size: int = 8              # examples per micro-batch
+    grad_accumulation_steps: int = 1  # micro-batches per optimizer step (effective batch = batch_size * this)
     lr: float = 2e-3
+    lr_schedule: str = "cosine"      # cosine | linear | constant, after a linear warmup
     warmup_steps: int = 5
+    optimizer: str = "adamw"         # adamw | sgd (momentum 0.9)
+    weight_decay: float = 0.0
+    mask_prompt: bool = True         # False: train on the prompt tokens too
     max_seq_len: int = 128
     max_grad_norm: float | None = None  # None: 0.3 for QLoRA (the QLoRA recipe), else 1.0
     grad_checkpoint: bool = False
@@ -42,7 +57,10 @@ class FinetuneConfig:
     out: str = "runs/finetune"
     resume: bool = False
     save_every: int = 0
-    eval_examples: int = 50
+    eval_examples: int = 50          # held-out examples for exact match (a task: also its validation set)
+    eval_every: int | None = None    # validation loss every N steps (default: about 10 times a run; 0: at the end)
+    val_batches: int | None = None   # cap the validation set at this many batches (default: all of it)
+    test: bool = False               # report the loss on the data folder's test.jsonl at the end
     n_train: int = 2000
     target_r: int = 4                # AdaLoRA: final average rank (r is its initial rank)
     quant_type: str = "nf4"          # QLoRA: nf4 | fp4
@@ -55,10 +73,10 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Check every field's type and range; raise ConfigError naming the field."""
-        for name in ("model", "data", "method", "targets", "backend", "out", "quant_type"):
+        for name in ("model", "data", "method", "targets", "backend", "out", "quant_type", "optimizer", "lr_schedule"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        for name in ("rslora", "grad_checkpoint", "resume", "progress"):
+        for name in ("rslora", "grad_checkpoint", "resume", "progress", "mask_prompt", "test"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -68,16 +86,35 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("r", "steps", "batch_size", "max_seq_len", "eval_examples", "n_train", "target_r"):
+        for name in ("r", "batch_size", "grad_accumulation_steps", "max_seq_len", "eval_examples", "n_train",
+                     "target_r"):
             positive_int(name)
-        if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
-            raise ConfigError(f"save_every must be an integer >= 0, got {self.save_every!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        for name in ("alpha", "lr"):
+        for name in ("steps", "val_batches"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+
+        def non_negative_int(name):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("save_every", "warmup_steps"):
+            non_negative_int(name)
+        if self.eval_every is not None:
+            non_negative_int("eval_every")
+        for name in ("alpha", "lr") + (("epochs",) if self.epochs is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError(f"give steps ({self.steps}) or epochs ({self.epochs}), not both")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (wd >= 0 and math.isfinite(wd)):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {wd!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.distributed not in DISTRIBUTED_MODES:
@@ -110,32 +147,28 @@ class FinetuneConfig:
         return self
 
     def _validate_sources(self):
-        from .data.jsonl import check_jsonl_folder
-        from .data.tasks import TASKS
-        from .io.pretrained import DEFAULT_MODEL_NAMES
         if self.data not in TASKS:
             for split in ("train.jsonl", "valid.jsonl"):
                 if not os.path.isfile(os.path.join(self.data, split)):
                     raise ConfigError(f"data {self.data!r} is neither a task ({', '.join(sorted(TASKS))}) nor a "
                                       f"folder with train.jsonl and valid.jsonl ({split} not found)")
-            check_jsonl_folder(self.data)  # a bad line: DataError naming the file and the line
+            check_jsonl_folder(self.data, test=self.test)  # a bad line: DataError naming the file and the line
+        elif self.test:
+            raise ConfigError(f"--test needs a data folder with test.jsonl; {self.data!r} is a generated task")
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ConfigError(f"out {self.out!r} exists and is not a folder")
         if self.model != "tiny" and self.model.lower() not in DEFAULT_MODEL_NAMES and not os.path.exists(self.model):
             raise ConfigError(f"model {self.model!r} not found: use smollm2-135m, a .gguf file, a checkpoint "
                               "folder or tiny")
         if self.resume:
-            from .checkpoint import checkpoint_path
             if not os.path.isfile(checkpoint_path(self.out)):
                 raise ConfigError(f"--resume: no checkpoint at {checkpoint_path(self.out)}")
-            from .io.safetensors_io import read_safetensors_metadata
             if read_safetensors_metadata(checkpoint_path(self.out)).get("format") != "minilora-checkpoint":
                 raise ConfigError(f"--resume: {checkpoint_path(self.out)} is not a minilora checkpoint")
 
     @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "FinetuneConfig":
         """Fields from a JSON or YAML file, then ``overrides``; unknown keys warn and are ignored."""
-        import warnings
         if not os.path.isfile(path):
             raise MissingFileError(path, "config file")
         try:
@@ -145,7 +178,7 @@ class FinetuneConfig:
             raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
         if path.endswith((".yaml", ".yml")):
             try:
-                import yaml
+                import yaml  # imported here: PyYAML is optional, only YAML configs need it
             except ImportError as exc:
                 raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use JSON") from exc
             try:
@@ -167,6 +200,18 @@ class FinetuneConfig:
         data = {k: v for k, v in data.items() if k in known}
         data.update(overrides or {})
         return cls(**data)
+
+    def total_steps(self, n_train: int | None = None) -> int:
+        """Optimizer steps of the run: steps, or epochs over n_train examples (rounded up), or 60."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is None or n_train is None:
+            return DEFAULT_STEPS
+        return max(1, math.ceil(self.epochs * n_train / (self.batch_size * self.grad_accumulation_steps) - 1e-9))
+
+    def evaluation_interval(self, steps: int) -> int:
+        """Steps between validation losses: eval_every, or about 10 evaluations in a run of ``steps``."""
+        return self.eval_every if self.eval_every is not None else max(1, round(steps / 10))
 
     def to_dict(self) -> dict:
         return asdict(self)

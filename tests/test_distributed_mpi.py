@@ -114,14 +114,15 @@ def max_relative_difference(got: dict, want: dict) -> float:
     return max(float(np.max(np.abs(got[k] - want[k])) / np.max(np.abs(want[k]))) for k in want)
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_n_ranks_train_the_same_adapters_as_one_process_to_1e_12(ranks, tmp_path):
+@pytest.mark.parametrize("ranks,accumulation", [(2, 1), (3, 2)])
+def test_n_ranks_train_the_same_adapters_as_one_process_to_1e_12(ranks, accumulation, tmp_path):
     report_path = tmp_path / "report.json"
     rc, output, _ = launch((ranks, ["-m", "minilora.distributed.selfcheck", "--steps", "5", "--batch-size", "6",
-                                    "--json", str(report_path)]))
+                                    "--accumulation", str(accumulation), "--json", str(report_path)]))
     assert rc == 0, output
     report = json.loads(report_path.read_text())
-    assert report["ranks"] == ranks and set(report["methods"]) == {"lora", "loraplus", "qlora", "adalora"}
+    assert report["ranks"] == ranks and report["accumulation"] == accumulation
+    assert set(report["methods"]) == {"lora", "loraplus", "qlora", "adalora"}
     for method, row in report["methods"].items():
         assert row["max_relative_difference"] <= 1e-12, (method, row["max_relative_difference"])
         assert row["moved"] > 0.1, method  # training changed the adapters: the comparison means something

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import minilora.finetune
 import minilora.train
 from minilora import cli
 from minilora.checkpoint import load_checkpoint
@@ -71,6 +72,6 @@ def test_gradient_clipping_is_on_by_default_and_0_3_for_qlora(tmp_path, monkeypa
     def fake_train(model, optimizer, batches, config, **kw):
         seen["max_grad_norm"] = config.max_grad_norm
         return kw["history"] or History()
-    monkeypatch.setattr(minilora.train, "train", fake_train)
+    monkeypatch.setattr(minilora.finetune, "train", fake_train)
     run_finetune(_cfg(tmp_path, method=method, steps=2), log=lambda line: None)
     assert seen["max_grad_norm"] == expected

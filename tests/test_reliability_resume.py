@@ -23,6 +23,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import minilora.checkpoint
+import minilora.finetune
 from minilora import backend, cli
 from minilora.checkpoint import load_checkpoint, save_checkpoint
 from minilora.nn import Dropout, Linear, Module
@@ -173,7 +174,7 @@ def test_half_run_stop_and_resume_through_the_cli_is_bit_identical(uninterrupted
         real_save(path, model, optimizer, step, *args, **kwargs)
         if step == STEPS // 2 - 1:
             raise Stop
-    monkeypatch.setattr(minilora.checkpoint, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(minilora.finetune, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         cli.main([*ARGS, "--out", str(tmp_path)])
     monkeypatch.undo()

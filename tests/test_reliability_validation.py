@@ -42,7 +42,15 @@ BAD_FIELDS = [
     ("resume", True, "--resume: no checkpoint"), ("save_every", -1, "save_every must be"),
     ("eval_examples", 0, "eval_examples must be"), ("n_train", 0, "n_train must be"),
     ("target_r", 0, "target_r must be"), ("quant_type", "nf8", "quant_type must be"),
-    ("progress", None, "progress must be"), ("distributed", "yes", "distributed must be one of auto, mpi, none"),
+    ("progress", None, "progress must be"),
+    ("epochs", 0, "epochs must be a finite number > 0"), ("epochs", float("inf"), "epochs must be"),
+    ("grad_accumulation_steps", 0, "grad_accumulation_steps must be a positive integer"),
+    ("lr_schedule", "step", "lr_schedule must be one of cosine, linear, constant"),
+    ("optimizer", "adam", "optimizer must be one of adamw, sgd"), ("weight_decay", -0.1, "weight_decay must be"),
+    ("weight_decay", float("nan"), "weight_decay must be"), ("mask_prompt", "no", "mask_prompt must be"),
+    ("eval_every", -1, "eval_every must be an integer >= 0"), ("val_batches", 0, "val_batches must be"),
+    ("test", True, "--test needs a data folder with test.jsonl"),
+    ("distributed", "yes", "distributed must be one of auto, mpi, none"),
 ]
 
 
@@ -110,7 +118,14 @@ BAD_FLAGS = [
     (["--resume"], "--resume: no checkpoint"), (["--save-every", "-2"], "save_every must be"),
     (["--eval-examples", "0"], "eval_examples must be"), (["--target-r", "0"], "target_r must be"),
     (["--config", "nowhere.json"], "nowhere.json: config file not found"),
-    (["--no-progress", "x"], "unrecognized arguments: x"), (["--distributed", "yes"], "invalid choice: 'yes'"),
+    (["--no-progress", "x"], "unrecognized arguments: x"),
+    (["--epochs", "0"], "epochs must be"), (["--epochs", "2", "--steps", "5"], "give steps (5) or epochs (2.0)"),
+    (["--grad-accumulation-steps", "0"], "grad_accumulation_steps must be"),
+    (["--lr-schedule", "step"], "invalid choice: 'step'"), (["--warmup-steps", "-1"], "warmup_steps must be"),
+    (["--optimizer", "adam"], "invalid choice: 'adam'"), (["--weight-decay", "-1"], "weight_decay must be"),
+    (["--no-mask-prompt", "x"], "unrecognized arguments: x"), (["--eval-every", "-1"], "eval_every must be"),
+    (["--val-batches", "0"], "val_batches must be"), (["--test"], "--test needs a data folder"),
+    (["--distributed", "yes"], "invalid choice: 'yes'"),
 ]
 
 

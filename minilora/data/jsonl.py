@@ -18,7 +18,7 @@ import os
 
 from ..errors import DataError, MissingFileError
 
-SPLITS = {"train": "train.jsonl", "valid": "valid.jsonl"}
+SPLITS = {"train": "train.jsonl", "valid": "valid.jsonl", "test": "test.jsonl"}  # test: optional
 
 
 def _example(obj, path, line_no, tokenizer, check_only=False):
@@ -86,11 +86,19 @@ def load_jsonl_folder(folder, tokenizer=None, check_only=False) -> tuple[list, l
     """(train, valid) example lists from ``folder``/train.jsonl and ``folder``/valid.jsonl."""
     if not os.path.isdir(folder):
         raise MissingFileError(folder, "data folder")
-    train = read_jsonl(os.path.join(folder, SPLITS["train"]), tokenizer, check_only)
-    valid = read_jsonl(os.path.join(folder, SPLITS["valid"]), tokenizer, check_only)
-    return train, valid
+    return read_split(folder, "train", tokenizer, check_only), read_split(folder, "valid", tokenizer, check_only)
 
 
-def check_jsonl_folder(folder) -> None:
-    """Raise MissingFileError / DataError (file and line) for a data folder before any model is loaded."""
+def read_split(folder, split: str, tokenizer=None, check_only=False) -> list:
+    """(prompt, completion) pairs of ``folder``/<split>.jsonl (split: train, valid or test)."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return read_jsonl(os.path.join(folder, SPLITS[split]), tokenizer, check_only)
+
+
+def check_jsonl_folder(folder, test: bool = False) -> None:
+    """Raise MissingFileError / DataError (file and line) for a data folder before any model is loaded;
+    test: check test.jsonl too."""
     load_jsonl_folder(folder, tokenizer=None, check_only=True)
+    if test:
+        read_split(folder, "test", check_only=True)

@@ -15,10 +15,11 @@ gradients are summed over ranks and divided by the global token count:
 
 so every rank holds the gradient one process would compute on the whole batch (to rounding), takes
 the same clipping (its norm is the global norm) and the same optimizer step. The logged loss is
-(1/n) sum_k n_k mean_k, the global mean. AdaLoRA scores |p * g| from the reduced g, so every rank
-masks the same triplets; after each step the masks are compared across ranks by hash.
+(1/n) sum_k n_k mean_k, the global mean. With gradient accumulation every micro-batch is split so,
+and n counts the trained tokens of the step's K global micro-batches. AdaLoRA scores |p * g| from
+the reduced g, so every rank masks the same triplets; after each step the masks are compared across ranks by hash.
 
-``train(..., data_parallel=dp)`` calls local_objective, all_reduce and after_step; ``dp.shard``
+``train(..., data_parallel=dp)`` calls accumulate_gradients and after_step; ``dp.shard``
 wraps the batch function. Only rank 0 (``is_main``) reports, evaluates and writes files.
 """
 from __future__ import annotations
@@ -47,7 +48,6 @@ class DataParallel:
         self.reduce_seconds = []      # wall time of each step's all-reduces (waiting for the slowest rank included)
         self._step_tokens = 0         # global trained tokens of the batches fetched since the last all_reduce
         self._step_ids = self._local_ids = 0
-        self._local_tokens = 0        # trained tokens of this rank's shard in the current step
         self._last = {"tokens": 0, "ids": 0, "local_ids": 0}
 
     @property
@@ -84,22 +84,14 @@ class DataParallel:
         return shard_of
 
     # ------------------------------------------------------------ the step
-    def local_objective(self, loss, regularizer, labels):
-        """This rank's share of the global objective: n_k * loss [+ (n/N) * regularizer()]."""
-        n_local = int((np.asarray(labels) != IGNORE_INDEX).sum())
-        self._local_tokens = n_local
-        total = loss * float(n_local)
-        if regularizer is not None:
-            total = total + regularizer() * (self._step_tokens / self.size)
-        return total
-
-    def all_reduce(self, params, loss_value: float) -> float:
-        """Sum the ranks' gradients of ``params`` and divide by the global token count; returns the
-        global mean loss. Parameters no rank has a gradient for keep grad None."""
+    def accumulate_gradients(self, model, micro_batches, params) -> tuple[float, int]:
+        """Backward of this rank's token sums (+ (n/N) R), then the gradients of ``params`` and the loss
+        summed over the ranks and divided by the global token count n; returns (global loss, n)."""
+        from ..train import accumulate_gradients
         n = self._step_tokens
+        local_sum, _ = accumulate_gradients(model, micro_batches, divide_by=1, regularizer_weight=n / self.size)
         tic = time.perf_counter()
-        meta = np.array([loss_value * self._local_tokens] +
-                        [p.grad is not None for p in params], dtype=np.float64)
+        meta = np.array([local_sum] + [p.grad is not None for p in params], dtype=np.float64)
         self.communicator.allreduce_sum(meta)  # the loss sum and which gradients exist, in one small message
         present = [bool(v > 0) for v in meta[1:]]
         all_reduce_gradients(params, self.reducer, 1.0 / max(n, 1), present, self.bucket_bytes)
@@ -107,7 +99,7 @@ class DataParallel:
         self.bytes_reduced += sum(gradient_bytes(p) for p, here in zip(params, present) if here)
         self._last = {"tokens": n, "ids": self._step_ids, "local_ids": self._local_ids}
         self._step_tokens = self._step_ids = self._local_ids = 0
-        return float(meta[0]) / max(n, 1)
+        return float(meta[0]) / max(n, 1), n
 
     def after_step(self, model, record: dict) -> None:
         """Global counts into the step's record; AdaLoRA: the masks must match on every rank."""

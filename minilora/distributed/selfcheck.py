@@ -28,8 +28,9 @@ TINY = dict(style="llama", hidden_size=32, intermediate_size=64, num_hidden_laye
             num_key_value_heads=2, max_position_embeddings=128)
 
 
-def build(method: str, steps: int, batch_size: int, seed: int = 0):
-    """(model, optimizer, batches, TrainConfig) of a float64 tiny-model run with ``method``."""
+def build(method: str, steps: int, batch_size: int, seed: int = 0, accumulation: int = 1):
+    """(model, optimizer, batches, TrainConfig) of a float64 tiny-model run with ``method``; each step
+    ``accumulation`` micro-batches of batch_size."""
     from ..data import Batches, CharTokenizer, encode_example, task_splits
     from ..finetune import adapt, make_optimizer
     from ..finetune_config import FinetuneConfig
@@ -46,7 +47,7 @@ def build(method: str, steps: int, batch_size: int, seed: int = 0):
     encoded = [encode_example(tokenizer, p, c, 64) for p, c in train_set]
     batches = Batches(encoded, batch_size, tokenizer.pad_token_id or 0, seed=seed)
     config = TrainConfig(steps=steps, warmup_steps=1, max_grad_norm=0.3 if method == "qlora" else 1.0,
-                         progress=False)
+                         grad_accumulation_steps=accumulation, progress=False)
     return model, optimizer, batches, config
 
 
@@ -65,7 +66,8 @@ def relative_difference(got: dict, want: dict) -> float:
     return worst
 
 
-def run(methods=METHODS, steps: int = 6, batch_size: int = 6, backend_name: str = "numpy") -> dict | None:
+def run(methods=METHODS, steps: int = 6, batch_size: int = 6, backend_name: str = "numpy",
+        accumulation: int = 1) -> dict | None:
     """Train every method data-parallel and (rank 0) alone; the report on rank 0, None elsewhere.
 
     backend_name "cupy": the gradients are reduced on the GPUs (NCCL, or a CUDA-aware MPI)."""
@@ -74,7 +76,7 @@ def run(methods=METHODS, steps: int = 6, batch_size: int = 6, backend_name: str 
     results = {}
     with backend.use_backend(backend_name):
         for method in methods:
-            model, optimizer, batches, config = build(method, steps, batch_size)
+            model, optimizer, batches, config = build(method, steps, batch_size, accumulation=accumulation)
             start = trainable_arrays(model)
             dp.check_identical(model, optimizer, "at start")
             history = train(model, optimizer, dp.shard(batches), config, data_parallel=dp)
@@ -88,11 +90,12 @@ def run(methods=METHODS, steps: int = 6, batch_size: int = 6, backend_name: str 
         if not dp.is_main:
             dp.finish()  # rank 0 computes the single-process reference meanwhile
             return None
-        report = {"ranks": dp.size, "steps": steps, "batch_size": batch_size, "tolerance": TOLERANCE,
+        report = {"ranks": dp.size, "steps": steps, "batch_size": batch_size, "accumulation": accumulation,
+                  "tolerance": TOLERANCE,
                   "backend": backend_name, "reducer": type(dp.reducer).__name__,
                   "mask_checks": dp.mask_checks, "methods": {}}
         for method, entry in results.items():
-            model, optimizer, batches, config = build(method, steps, batch_size)
+            model, optimizer, batches, config = build(method, steps, batch_size, accumulation=accumulation)
             history = train(model, optimizer, batches, config)
             alone = trainable_arrays(model)
             row = {"max_relative_difference": relative_difference(entry["final"], alone),
@@ -113,14 +116,17 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=6, help="the global batch (divides by the ranks)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (gradient accumulation)")
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "array_api_strict"])
     parser.add_argument("--json", help="rank 0 writes the report here")
     args = parser.parse_args(argv)
-    report = run([m for m in args.methods.split(",") if m], args.steps, args.batch_size, args.backend)
+    report = run([m for m in args.methods.split(",") if m], args.steps, args.batch_size, args.backend,
+                 args.accumulation)
     if report is None:
         return 0
     print(f"{report['ranks']} ranks x batch {args.batch_size // report['ranks']} against 1 process x batch "
-          f"{args.batch_size}, {args.steps} steps, float64, {args.backend} ({report['reducer']})")
+          f"{args.batch_size}, {args.accumulation} micro-batch(es) per step, {args.steps} steps, float64, "
+          f"{args.backend} ({report['reducer']})")
     for method, row in report["methods"].items():
         print(f"  {method:9s} max relative difference {row['max_relative_difference']:.2e} "
               f"(parameters moved {row['moved']:.2e})  {'ok' if row['ok'] else 'MISMATCH'}")

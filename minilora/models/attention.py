@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from .. import functional as F
 from .. import ops
-from ..nn import Linear, Module
+from ..nn import Module
 from ..tensor import Tensor
 from .config import ModelConfig
 from .fused import fused_linears
+from .init import INIT_STD, init_linear
 
 
 class Attention(Module):
     """Multi-head (nkv == nh), grouped-query (1 < nkv < nh) or multi-query (nkv == 1) attention."""
 
-    def __init__(self, config: ModelConfig, layer_idx: int, dtype, rng, init_std: float = 0.02):
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype, rng, init_std: float = INIT_STD):
         c, hs = config.hidden_size, config.head_dim
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = (config.num_attention_heads,
@@ -30,10 +31,10 @@ class Attention(Module):
         self.use_rope = config.style == "llama"
         self.rope_interleaved = config.rope_interleaved
         bias = config.attention_bias
-        self.q_proj = _linear(c, self.num_heads * hs, bias, dtype, rng, init_std)
-        self.k_proj = _linear(c, self.num_kv_heads * hs, bias, dtype, rng, init_std)
-        self.v_proj = _linear(c, self.num_kv_heads * hs, bias, dtype, rng, init_std)
-        self.o_proj = _linear(self.num_heads * hs, c, bias, dtype, rng, init_std)
+        self.q_proj = init_linear(c, self.num_heads * hs, bias, dtype, rng, init_std)
+        self.k_proj = init_linear(c, self.num_kv_heads * hs, bias, dtype, rng, init_std)
+        self.v_proj = init_linear(c, self.num_kv_heads * hs, bias, dtype, rng, init_std)
+        self.o_proj = init_linear(self.num_heads * hs, c, bias, dtype, rng, init_std)
 
     def forward(self, x: Tensor, rope=None, cache=None) -> Tensor:
         """x (B, T, C); rope: (cos, sin) each (T, 1, hs) or None; cache: KVCache or None -> (B, T, C)."""
@@ -71,27 +72,3 @@ def _heads_first(x: Tensor) -> Tensor:
     b, t, n, hs = x.shape
     flat = ops.reshape(ops.permute(x, axes=(0, 2, 1, 3)), shape=(b * n * t * hs,))  # (B*n*T*hs,) a copy
     return ops.reshape(flat, shape=(b, n, t, hs))  # (B, n, T, hs)
-
-
-def _linear(d_in: int, d_out: int, bias: bool, dtype, rng, std: float) -> Linear:
-    """nn.Linear with Hugging Face's init: W ~ N(0, std^2), b = 0 (Linear's own draw is skipped)."""
-    xp = rng.xp
-    layer = Linear(d_in, d_out, bias=bias, dtype=dtype, rng=Zeros(xp))
-    layer.weight.data = rng.normal((d_out, d_in), std=std, dtype=dtype)
-    if bias:
-        layer.bias.data = xp.zeros((d_out,), dtype=dtype)
-    return layer
-
-
-class Zeros:
-    """Stands in for a backend.Random where a draw would be overwritten at once (weights about to be
-    loaded, or drawn again with another distribution): every draw is zeros, and costs nothing."""
-
-    def __init__(self, xp):
-        self.xp = xp
-
-    def normal(self, shape, std=1.0, dtype=None, mean=0.0):
-        return self.xp.zeros(shape, dtype=dtype)
-
-    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
-        return self.xp.zeros(shape, dtype=dtype)

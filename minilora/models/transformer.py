@@ -20,12 +20,11 @@ from .. import backend, functional as F
 from .. import ops
 from ..nn import Dropout, Embedding, LayerNorm, Module, ModuleList, RMSNorm
 from ..tensor import Tensor
-from .attention import Attention, Zeros, _linear
+from .attention import Attention
 from .checkpoint import checkpoint
 from .config import ModelConfig
 from .fused import fused_linears
-
-INIT_STD = 0.02  # Hugging Face's initializer_range
+from .init import INIT_STD, Zeros, init_linear
 
 
 class MLP(Module):
@@ -35,9 +34,9 @@ class MLP(Module):
         c, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gated = config.style == "llama"
         if self.gated:
-            self.gate_proj = _linear(c, f, bias, dtype, rng, INIT_STD)
-        self.up_proj = _linear(c, f, bias, dtype, rng, INIT_STD)
-        self.down_proj = _linear(f, c, bias, dtype, rng, INIT_STD)
+            self.gate_proj = init_linear(c, f, bias, dtype, rng, INIT_STD)
+        self.up_proj = init_linear(c, f, bias, dtype, rng, INIT_STD)
+        self.down_proj = init_linear(f, c, bias, dtype, rng, INIT_STD)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:  # without gradients, plain gate/up Linears run as one stacked product
@@ -125,11 +124,11 @@ class Transformer(Module):
         self.config = config
         self.model = DecoderModel(config, dtype, rng, backend.Random(seed + 1, xp))
         if config.tie_word_embeddings:  # a (1, C) placeholder weight, replaced by the shared Parameter
-            self.lm_head = _linear(config.hidden_size, 1, False, dtype, rng, INIT_STD)
+            self.lm_head = init_linear(config.hidden_size, 1, False, dtype, rng, INIT_STD)
             self.lm_head.out_features = config.vocab_size
             self.lm_head.weight = self.model.embed_tokens.weight  # the same Parameter
         else:
-            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, rng, INIT_STD)
+            self.lm_head = init_linear(config.hidden_size, config.vocab_size, False, dtype, rng, INIT_STD)
 
     @property
     def gradient_checkpointing(self) -> bool:
