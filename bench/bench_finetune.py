@@ -22,13 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, median, table, write_json  # noqa: E402
 
 
-def child(method: str, steps: int) -> dict:
+def demo_setup(method: str = "lora"):
+    """(model, tokenizer, optimizer, batches) of the demo configuration (SmolLM2-135M, 'dates', batch 8)."""
     from minilora.data import Batches, encode_example, task_splits
     from minilora.finetune import adapt, make_optimizer
     from minilora.finetune_config import FinetuneConfig
     from minilora.io import load_pretrained
-    from minilora.models.generate import stream_generate
-    from minilora.models.transformer import lm_loss
     from minilora.runtime import tune_allocator
 
     tune_allocator()  # as the minilora command does
@@ -39,6 +38,14 @@ def child(method: str, steps: int) -> dict:
     train_set, _ = task_splits(cfg.data, n_train=200, n_eval=5)
     batches = Batches([encode_example(tok, p, c, cfg.max_seq_len) for p, c in train_set], cfg.batch_size,
                       tok.eos_token_id, seed=0)
+    return model, tok, optimizer, batches
+
+
+def child(method: str, steps: int) -> dict:
+    from minilora.models.generate import stream_generate
+    from minilora.models.transformer import lm_loss
+
+    model, tok, optimizer, batches = demo_setup(method)
     times, tokens = [], 0
     for step in range(steps + 1):
         ids, labels = batches(step)

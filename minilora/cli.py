@@ -146,7 +146,7 @@ def _tiny(args) -> int:
 
 def _add_finetune(sub) -> None:
     from .backend import BACKENDS
-    from .finetune_config import DEFAULT_STEPS, LR_SCHEDULES, METHODS, OPTIMIZERS, FinetuneConfig
+    from .finetune_config import DEFAULT_STEPS, DISTRIBUTED_MODES, LR_SCHEDULES, METHODS, OPTIMIZERS, FinetuneConfig
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune a model with LoRA, QLoRA or AdaLoRA",
                        argument_default=argparse.SUPPRESS,  # unset flags stay out of vars(args)
@@ -193,6 +193,8 @@ def _add_finetune(sub) -> None:
     add("--val-batches", dest="val_batches", type=int, help="at most this many validation batches (default: all)")
     add("--test", action="store_true", help="report the loss and perplexity on the data folder's test.jsonl")
     add("--target-r", dest="target_r", type=int, help="AdaLoRA: final average rank")
+    add("--distributed", choices=DISTRIBUTED_MODES, help="data-parallel over MPI: auto (when mpiexec starts "
+        "several processes), mpi, none")
     add("--config", help="JSON or YAML file of the same settings (flags override it)")
     add("--no-progress", dest="progress", action="store_false", help="print lines, not a bar")
     p.set_defaults(func=_finetune)
@@ -273,6 +275,8 @@ def main(argv=None) -> int:
         return args.func(args)
     except (MiniloraError, ValueError, FileNotFoundError) as exc:
         print(f"minilora {args.command}: error: {exc}", file=sys.stderr)
+        from .distributed import abort_peers
+        abort_peers(2, getattr(args, "distributed", "auto"))  # under mpiexec: end the other ranks too
         return 2
 
 

@@ -20,6 +20,7 @@ import time
 
 from . import backend
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .distributed import start_data_parallel
 from .data import TASKS, Batches, encode_example, in_order, load_jsonl_folder, read_split, task_splits
 from .evaluate import exact_match, mean_nll
 from .finetune_config import FinetuneConfig
@@ -31,6 +32,8 @@ from .optim import SGD, AdamW, create_loraplus_optimizer
 from .quant import QuantSpec, model_memory_report, quantize_model
 from .tiny import tiny_model
 from .train import History, TrainConfig, TrainingStopped, train
+
+NOT_EVALUATED = {"exact_match": float("nan"), "n": 0, "samples": [], "val_loss": float("nan")}  # ranks > 0
 
 
 def load_model_and_tokenizer(cfg: FinetuneConfig):
@@ -103,6 +106,9 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
     """Run the job described by ``cfg``; returns a summary dict (also written as summary.json)."""
     cfg.validate()
     tic = time.perf_counter()
+    dp = start_data_parallel(cfg.distributed, batch_size=cfg.batch_size, backend=cfg.backend)  # None: one process
+    main = dp is None or dp.is_main  # only rank 0 reports, evaluates and writes
+    log = dp.main_only(log) if dp is not None else log
     with backend.use_backend(cfg.backend):
         model, tokenizer = load_model_and_tokenizer(cfg)
         log(f"loaded {cfg.model}: {model.num_parameters():,} parameters ({time.perf_counter() - tic:.1f} s)")
@@ -116,6 +122,7 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         optimizer = make_optimizer(model, cfg)
         pad_id = getattr(tokenizer, "pad_token_id", None) or 0
         batches = Batches(encode_all(cfg, tokenizer, train_set), cfg.batch_size, pad_id, seed=cfg.seed)
+        batches = dp.shard(batches) if dp is not None else batches  # this rank's rows of each global batch
         val_batches = in_order(encode_all(cfg, tokenizer, valid_set), cfg.batch_size, pad_id, cfg.val_batches)
         log(f"{len(train_set)} training examples, {steps} steps of {cfg.batch_size * cfg.grad_accumulation_steps} "
             f"({cfg.grad_accumulation_steps} x {cfg.batch_size}); validation: {len(valid_set)} examples, "
@@ -125,17 +132,21 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
             return {"val_loss": mean_nll(model, val_batches)["loss"]}
 
         eval_set = valid_set[: cfg.eval_examples]
-        before = {**exact_match(model, tokenizer, eval_set), **validation_loss()}
+        before = {**exact_match(model, tokenizer, eval_set), **validation_loss()} if main else NOT_EVALUATED
         log(f"before: exact match {before['exact_match']:.1%} on {before['n']} held-out examples, "
             f"validation loss {before['val_loss']:.4f}")
         _log_sample(log, before)
-        os.makedirs(cfg.out, exist_ok=True)
+        if main:
+            os.makedirs(cfg.out, exist_ok=True)
         ckpt = checkpoint_path(cfg.out)
         start, history = 0, History()
         if cfg.resume:
             state = load_checkpoint(ckpt, model, optimizer)
             start, history = state["step"] + 1, History(**(state["history"] or {}))
             log(f"resumed from {ckpt} at step {start}")
+        if dp is not None:  # every rank holds the same base, adapters and optimizer state, or stop here
+            dp.check_identical(model, optimizer, "at start")
+            log(f"data-parallel over {dp.size} ranks: {cfg.batch_size // dp.size} of each batch of {cfg.batch_size}")
 
         def save(step, hist):
             save_checkpoint(ckpt, model, optimizer, step, hist, extra={"config": cfg.to_dict()})
@@ -144,15 +155,21 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         train_cfg = TrainConfig(steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1), schedule=cfg.lr_schedule,
                                 max_grad_norm=max_norm, eval_every=cfg.evaluation_interval(steps),
                                 save_every=cfg.save_every, grad_accumulation_steps=cfg.grad_accumulation_steps,
-                                progress=cfg.progress)
+                                progress=cfg.progress and main)
         if start < steps:
             try:
                 history = train(model, optimizer, batches, train_cfg, start_step=start, history=history,
-                                evaluate=validation_loss, save_checkpoint=save, log=log)
+                                evaluate=validation_loss if main else None, save_checkpoint=save if main else None,
+                                log=log, data_parallel=dp)
             except TrainingStopped as exc:  # keep the evidence: history.json lists the skipped steps
-                _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
+                if main:
+                    _write_json(os.path.join(cfg.out, "history.json"), history.to_dict())
+                if dp is not None:  # every rank stops at the same step: none aborts before rank 0 wrote
+                    dp.finish()
                 last = f"the last checkpoint is {ckpt}" if os.path.isfile(ckpt) else "no checkpoint was written"
                 raise TrainingStopped(f"{exc}; {last}; history.json lists the skipped steps") from None
+        if dp is not None and not dp.end_of_training(model, optimizer):
+            return {}  # ranks other than 0 waited, asleep, while rank 0 evaluated and wrote the outputs
         after = exact_match(model, tokenizer, eval_set)
         log(f"after:  exact match {after['exact_match']:.1%} on {after['n']} held-out examples")
         _log_sample(log, after)
@@ -172,6 +189,8 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
                "seconds": time.perf_counter() - tic, "config": cfg.to_dict()}
     _write_json(os.path.join(cfg.out, "summary.json"), summary)
     log(f"wrote {cfg.out}/adapter, history.json, summary.json ({summary['seconds']:.0f} s in all)")
+    if dp is not None:
+        dp.finish()
     return summary
 
 

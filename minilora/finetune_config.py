@@ -14,6 +14,7 @@ from . import backend
 from .checkpoint import checkpoint_path
 from .data.jsonl import check_jsonl_folder
 from .data.tasks import TASKS
+from .distributed.communicator import MODES as DISTRIBUTED_MODES
 from .errors import ConfigError, MissingFileError
 from .io.files import read_json
 from .io.pretrained import DEFAULT_MODEL_NAMES
@@ -66,6 +67,7 @@ class FinetuneConfig:
     target_r: int = 4                # AdaLoRA: final average rank (r is its initial rank)
     quant_type: str = "nf4"          # QLoRA: nf4 | fp4
     progress: bool = True
+    distributed: str = "auto"        # auto (MPI when mpiexec started several processes) | mpi | none
 
     def target_list(self):
         return "all-linear" if self.targets.strip() == "all-linear" else \
@@ -117,6 +119,8 @@ class FinetuneConfig:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for name in ("loraplus_ratio", "max_grad_norm"):

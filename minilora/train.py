@@ -74,13 +74,15 @@ class History:
 
 
 def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0, history: History | None = None,
-          evaluate=None, save_checkpoint=None, log=None) -> History:
+          evaluate=None, save_checkpoint=None, log=None, data_parallel=None) -> History:
     """Run steps start_step .. config.steps - 1 and return the history.
 
     batches(index) -> (ids, labels) host int arrays (b, T); step s uses indices s*K .. s*K + K - 1
     (K = config.grad_accumulation_steps); evaluate(step) -> dict of metrics ("val_loss" is shown);
     save_checkpoint(step, history) writes a checkpoint that resumes at step + 1;
-    log(message) receives progress lines when the progress bar is off.
+    log(message) receives progress lines when the progress bar is off;
+    data_parallel: a minilora.distributed.DataParallel when several processes train together (each
+    takes its rows of every batch; gradients and loss are summed over them; see its module).
     """
     history = history or History()
     trainable = model.trainable_parameters()
@@ -95,7 +97,10 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
         tic = time.perf_counter()
         lr = optimizer.param_groups[0]["initial_lr"] * scheduler.set_step(step)
         micro_batches = [batches(step * k + i) for i in range(k)]
-        loss_value, tokens = accumulate_gradients(model, micro_batches)
+        if data_parallel is None:
+            loss_value, tokens = accumulate_gradients(model, micro_batches)
+        else:  # this rank's rows; gradients and loss summed over the ranks / the global token count
+            loss_value, tokens = data_parallel.accumulate_gradients(model, micro_batches, trainable)
         norm = apply_update(model, optimizer, trainable, step, loss_value, config.max_grad_norm)
         if norm is None:  # a non-finite loss or gradient: skipped
             history.bad_steps.append(step)
@@ -109,6 +114,8 @@ def train(model, optimizer, batches, config: TrainConfig, *, start_step: int = 0
         size = sum(int(ids.size) for ids, _ in micro_batches)
         record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm,
                   "tokens_per_s": size / seconds if seconds > 0 else 0.0, "trained_tokens": tokens}
+        if data_parallel is not None:
+            data_parallel.after_step(model, record)
         history.steps.append(record)
         last = step == config.steps - 1
         if evaluate is not None and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
@@ -128,20 +135,25 @@ def trained_tokens(labels) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-def accumulate_gradients(model, micro_batches) -> tuple[float, int]:
+def accumulate_gradients(model, micro_batches, divide_by: int | None = None,
+                         regularizer_weight: float = 1.0) -> tuple[float, int]:
     """Forward and backward of every micro-batch; returns (loss, N) and leaves the gradients in p.grad.
 
     loss = (1/N) sum over the N trained tokens of all micro-batches of -log p(token): micro-batch k
     contributes CE_mean(k) * n_k / N, so the gradient is that of one batch holding them all.
+    divide_by: what the tokens' losses are divided by instead of N (a data-parallel rank passes 1 and
+    the sum over the ranks is divided by the global N); regularizer_weight scales the regularizer.
     """
     counts = [trained_tokens(labels) for _, labels in micro_batches]
     total = sum(counts)
+    divide_by = max(total, 1) if divide_by is None else divide_by
     regularizer = getattr(model, "regularization_loss", None)
     loss_value = 0.0
     for i, ((ids, labels), n) in enumerate(zip(micro_batches, counts)):
-        loss = lm_loss(model, ids, labels) * (n / max(total, 1))
+        loss = lm_loss(model, ids, labels) * (n / divide_by)
         loss_value += float(loss.item())
-        objective = loss + regularizer() if regularizer is not None and i == len(counts) - 1 else loss
+        last = regularizer is not None and i == len(counts) - 1
+        objective = loss + regularizer() * regularizer_weight if last else loss
         objective.backward()
     return loss_value, total
 

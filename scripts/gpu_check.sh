@@ -12,6 +12,11 @@
 #   3. bench/bench_step.py with MINILORA_BACKEND=cupy (the bench has no --backend flag: the model follows
 #      the environment variable; its "fraction of peak" compares with NumPy's CPU GEMM rate, so read only
 #      its step times there), and a synchronized step timing of the same model on the GPU
+#   4. data-parallel gradient reduction on the GPU: python -m minilora.distributed.selfcheck --backend cupy
+#      under mpiexec (mpi4py and mpich come with the test extra), float64, against one process:
+#      4a through NCCL (cupy.cuda.nccl) with one rank per GPU (a single rank on a one-GPU machine),
+#      4b through MPI handed device buffers (MINILORA_GPU_REDUCTION=mpi), 2 ranks: passes only
+#      where the MPI library is built with CUDA support (the pip mpich wheel may not be)
 # Results go to $OUT (set by some runners) or ./gpu-check-results. Exit status: the number of failed stages.
 set -u -o pipefail  # a pipeline fails when pytest does, not only when tee does
 cd "$(dirname "$0")/.."
@@ -107,6 +112,27 @@ then
     echo "stage 3b: done"
 else
     echo "stage 3b: FAIL"; failed=$((failed + 1))
+fi
+
+echo
+echo "== 4. data-parallel reduction on the GPU (minilora.distributed.selfcheck --backend cupy)"
+MPIEXEC="$(dirname "$PYTHON")/mpiexec"
+[ -x "$MPIEXEC" ] || MPIEXEC="$(command -v mpiexec || true)"
+if [ -z "$MPIEXEC" ] || ! "$PYTHON" -c "import mpi4py" 2>/dev/null; then
+    echo "stage 4: SKIPPED (mpiexec or mpi4py missing: pip install -e '.[distributed]')"
+else
+    NGPU=$("$PYTHON" -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())")
+    RANKS=$(( NGPU >= 2 ? 2 : 1 ))
+    for reduction in nccl mpi; do
+        [ "$reduction" = mpi ] && RANKS=2
+        if MINILORA_GPU_REDUCTION=$reduction OPENBLAS_NUM_THREADS=1 timeout 600 "$MPIEXEC" -n "$RANKS" \
+                "$PYTHON" -m minilora.distributed.selfcheck --backend cupy --steps 4 --batch-size 6 \
+                --json "$RESULTS/selfcheck_cupy_$reduction.json" 2>&1 | tee "$RESULTS/selfcheck_cupy_$reduction.txt"; then
+            echo "stage 4 ($reduction, $RANKS rank(s) on $NGPU GPU(s)): PASS"
+        else
+            echo "stage 4 ($reduction, $RANKS rank(s) on $NGPU GPU(s)): FAIL"; failed=$((failed + 1))
+        fi
+    done
 fi
 
 echo

@@ -51,6 +51,7 @@ BAD_FIELDS = [
     ("weight_decay", float("nan"), "weight_decay must be"), ("mask_prompt", "no", "mask_prompt must be"),
     ("eval_every", -1, "eval_every must be an integer >= 0"), ("val_batches", 0, "val_batches must be"),
     ("test", True, "--test needs a data folder with test.jsonl"),
+    ("distributed", "yes", "distributed must be one of auto, mpi, none"),
 ]
 
 
@@ -126,6 +127,7 @@ BAD_FLAGS = [
     (["--optimizer", "adam"], "invalid choice: 'adam'"), (["--weight-decay", "-1"], "weight_decay must be"),
     (["--no-mask-prompt", "x"], "unrecognized arguments: x"), (["--eval-every", "-1"], "eval_every must be"),
     (["--val-batches", "0"], "val_batches must be"), (["--test"], "--test needs a data folder"),
+    (["--distributed", "yes"], "invalid choice: 'yes'"),
 ]
 
 
