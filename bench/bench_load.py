@@ -11,7 +11,7 @@ Per run: resident memory after the imports (VmRSS), the peak of the whole proces
 kernel's high-water mark: it includes the imports, which stay far below the load), the resident
 memory once loaded, and the load's wall time. The allocator is tuned as the ``minilora`` command
 tunes it (runtime.tune_allocator) unless --no-malloc-tuning. Both QLoRA ways give the same bytes
-(tests/test_load_quantized.py).
+(tests/quant/test_load_quantized.py).
 
 Usage: python bench/bench_load.py [--model smollm2-135m] [--runs 3] [--modes float,quantize_after]
        [--code REPO] [--no-malloc-tuning] [--json PATH]

@@ -17,7 +17,7 @@ The gradient is computed in the forward pass (the loss is a scalar, so the VJP o
 stored gh, gW by the cotangent g): no logits are kept for backward and none are recomputed. Which
 gradients to compute is decided when the op runs (an input that requires grad, with gradients
 enabled), so evaluation under ``no_grad`` costs only the loss. The result equals
-``kernels.cross_entropy(h W^T, t)`` to float32 rounding (tests/test_lm_head_loss.py).
+``kernels.cross_entropy(h W^T, t)`` to float32 rounding (tests/core/test_lm_head_loss.py).
 
 Like ``linear_4bit``, the op is a private Primitive (applied with ``tensor.apply``): it is the fused
 composite ``cross_entropy(linear(h, W), t)``, and its tests check it against exactly that.

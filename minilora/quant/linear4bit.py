@@ -10,7 +10,7 @@ The bias, when present, is a frozen Parameter. Wrapping this layer in ``LoRALine
 
 The differentiable op is a private ``Primitive`` applied with ``tensor.apply``: it is not put in
 the global registry because it is the fused ``kernels.linear`` with a dequantizing weight load,
-and its gradient check lives in tests/test_quant_linear4bit.py.
+and its gradient check lives in tests/quant/test_quant_linear4bit.py.
 """
 from __future__ import annotations
 

@@ -247,7 +247,7 @@ def _import_all_minilora_modules():
 def test_every_registered_primitive_has_a_gradcheck_case():
     _import_all_minilora_modules()
     missing = sorted(set(PRIMITIVES) - set(CASES))
-    assert not missing, f"primitives without a gradcheck case in tests/test_primitives.py: {missing}"
+    assert not missing, f"primitives without a gradcheck case in tests/core/test_primitives.py: {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

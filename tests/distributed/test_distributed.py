@@ -2,7 +2,7 @@
 the objective's weighting, fingerprints, mode detection and the missing-dependency error.
 
 The multi-process behaviour (exactness against one process, faults, resume) is in
-tests/test_distributed_mpi.py, through mpiexec.
+tests/distributed/test_distributed_mpi.py, through mpiexec.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from safetensors.numpy import load_file
 
 from minilora import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def find_mpiexec():
