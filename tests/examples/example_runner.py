@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -17,3 +19,9 @@ def load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_example(name: str, *args: str, timeout: int = 600):
+    """examples/<name>.py run as a script from the repository root; the completed process (text output)."""
+    return subprocess.run([sys.executable, str(example_path(name)), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=EXAMPLES.parent)

@@ -1,12 +1,9 @@
 """examples/adalora_basics.py runs and shows what it claims: pruning to the budget, learning, exact files."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from example_runner import example_path, load_example
+from example_runner import example_path, load_example, run_example
 
 EXAMPLE = example_path("adalora_basics")
 
@@ -24,7 +21,6 @@ def test_adalora_basics_prunes_learns_reloads_and_converts(capsys):
 def test_adalora_basics_runs_as_a_script_and_saves_the_picture(tmp_path):
     pytest.importorskip("matplotlib")
     image = tmp_path / "ranks.png"
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--plot", str(image)], capture_output=True, text=True,
-                          timeout=300, cwd=EXAMPLE.parent.parent)
+    done = run_example("adalora_basics", "--plot", str(image))
     assert done.returncode == 0, done.stderr
     assert "max |LoRA - AdaLoRA|" in done.stdout and image.stat().st_size > 1000

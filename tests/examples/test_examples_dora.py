@@ -2,10 +2,7 @@
 teacher, merges, reloads, and mixes adapters per row."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from example_runner import example_path, load_example
+from example_runner import example_path, load_example, run_example
 
 EXAMPLE = example_path("dora_basics")
 
@@ -20,8 +17,7 @@ def test_dora_basics_claims(capsys):
 
 
 def test_dora_basics_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300,
-                          cwd=EXAMPLE.parent.parent)
+    done = run_example("dora_basics")
     assert done.returncode == 0, done.stderr
     assert "max |merged - unmerged|" in done.stdout
     assert len(EXAMPLE.read_text().splitlines()) < 100

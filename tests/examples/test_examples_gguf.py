@@ -2,10 +2,7 @@
 the F32 GGUF export reads back bit for bit, the Q8_0 one within its rounding."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from example_runner import example_path, load_example
+from example_runner import example_path, load_example, run_example
 
 EXAMPLE = example_path("gguf_roundtrip")
 
@@ -20,8 +17,7 @@ def test_gguf_roundtrip_loads_nf4_and_exports_exactly(tmp_path, capsys):
 
 
 def test_gguf_roundtrip_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=600,
-                          cwd=EXAMPLE.parent.parent)
+    done = run_example("gguf_roundtrip")
     assert done.returncode == 0, done.stderr
     assert "F32: max |logit difference| to the merged model 0.00e+00" in done.stdout
     assert len(EXAMPLE.read_text().splitlines()) < 110

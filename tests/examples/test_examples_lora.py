@@ -1,10 +1,7 @@
 """examples/lora_basics.py runs and shows what it claims: training helps, merging keeps outputs."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from example_runner import example_path, load_example
+from example_runner import example_path, load_example, run_example
 
 EXAMPLE = example_path("lora_basics")
 
@@ -18,8 +15,7 @@ def test_lora_basics_trains_merges_and_reloads(capsys):
 
 
 def test_lora_basics_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300,
-                          cwd=EXAMPLE.parent.parent)
+    done = run_example("lora_basics")
     assert done.returncode == 0, done.stderr
     assert "max |merged - unmerged|" in done.stdout
     assert len(EXAMPLE.read_text().splitlines()) < 100

@@ -1,8 +1,6 @@
 """examples/loraplus_basics.py runs and shows what it claims."""
-import subprocess
-import sys
 
-from example_runner import example_path, load_example
+from example_runner import example_path, load_example, run_example
 
 EXAMPLE = example_path("loraplus_basics")
 
@@ -16,7 +14,7 @@ def test_loraplus_example_ratio_one_is_plain_and_ratio_sixteen_learns_faster():
 
 
 def test_loraplus_example_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300)
+    done = run_example("loraplus_basics")
     assert done.returncode == 0, done.stderr
     assert "bit for bit: True" in done.stdout
     assert len(EXAMPLE.read_text().splitlines()) < 100

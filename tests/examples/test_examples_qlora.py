@@ -2,10 +2,7 @@
 merge keeps outputs, the re-quantized merge reports what survived, ~4.13 bits per parameter."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from example_runner import example_path, load_example
+from example_runner import example_path, load_example, run_example
 
 EXAMPLE = example_path("qlora_basics")
 
@@ -22,8 +19,7 @@ def test_qlora_basics_trains_merges_and_reports(capsys):
 
 
 def test_qlora_basics_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=600,
-                          cwd=EXAMPLE.parent.parent)
+    done = run_example("qlora_basics")
     assert done.returncode == 0, done.stderr
     assert "float merge: Linear" in done.stdout and "requantized q_proj" in done.stdout
     assert len(EXAMPLE.read_text().splitlines()) < 110
