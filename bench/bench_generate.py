@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
         worker = None
         if use_torch:
             wargs = argparse.Namespace(threads=args.threads, batch=1, seq=1, new_tokens=args.new_tokens,
-                                       malloc_tuning=False)
+                                       malloc_tuning=False, hf_dir=None)
             worker = Worker("torch", "generate", wargs, log_dir)
             worker.receive()  # ready
         for i in range(args.rounds + 1):
