@@ -5,9 +5,15 @@ the top directions of r=8 and r=64 adapters overlap strongly, the rest is mostly
     right singular vectors of A (A = U S V^T, V_r: the top-r rows of V^T as columns (d_in, r)):
         phi(i, j) = ||V_8[:, :i]^T V_64[:, :j]||_F^2 / min(i, j)   in [0, 1]
     (1: the top-i subspace of one lies in the top-j subspace of the other), for q and v in LAYERS.
+    The same phi over the left singular vectors of B (d_out, r), the output directions of the
+    update: B starts at zero, so all of it is learned, while A starts random and after a short run
+    may still be mostly its initialisation; ||A_T - A_0||_F / ||A_0||_F says how far A moved.
 (b) Full fine-tuning of q_proj and v_proj (every other weight frozen) on the same data and steps:
     the singular values of dW = W_ft - W_0 against those of the LoRA r=8 update (alpha / r) B A,
     and the share of ||dW||_F^2 in the top 8 directions. Peak training memory of both, measured.
+
+STEPS (4x the few-run budget of the other experiments) lets A move away from its random start;
+three training runs of that length still fit the 30-minute budget.
 """
 from __future__ import annotations
 
@@ -20,12 +26,13 @@ from minilora.lora import LoraConfig, adapter_state_dict
 
 from .measure import peak_training_memory, perplexity, train_run, trainable_count
 from .report import Output, parse_args, pyplot, save_figure, say
-from .runs import memory_run, text_run
+from .runs import adapted_model, memory_run, text_run
 from .setup import Setup
 
 NAME = "intrinsic_rank"
 LR_LORA, LR_FULL = 1e-3, 1e-4
 MODULES = ("q_proj", "v_proj")
+STEPS = 160
 
 
 def lora_config(r: int):
@@ -42,7 +49,19 @@ def subspace_similarity(a_small: np.ndarray, a_large: np.ndarray) -> np.ndarray:
     """phi (r_small, r_large) from two A matrices (r, d_in) (see module doc; min(r, d_in) directions)."""
     v_small = np.linalg.svd(a_small, full_matrices=False)[2].T  # (d_in, r_small)
     v_large = np.linalg.svd(a_large, full_matrices=False)[2].T  # (d_in, r_large)
-    overlap = (v_small.T @ v_large) ** 2  # (r_small, r_large)
+    return _cumulative_overlap(v_small, v_large)
+
+
+def output_similarity(b_small: np.ndarray, b_large: np.ndarray) -> np.ndarray:
+    """phi (r_small, r_large) over the left singular vectors of two B matrices (d_out, r)."""
+    u_small = np.linalg.svd(b_small, full_matrices=False)[0]  # (d_out, r_small)
+    u_large = np.linalg.svd(b_large, full_matrices=False)[0]  # (d_out, r_large)
+    return _cumulative_overlap(u_small, u_large)
+
+
+def _cumulative_overlap(small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """phi(i, j) = ||small[:, :i]^T large[:, :j]||_F^2 / min(i, j) for orthonormal columns."""
+    overlap = (small.T @ large) ** 2  # (r_small, r_large)
     cum = overlap.cumsum(0).cumsum(1)
     i, j = np.meshgrid(np.arange(1, cum.shape[0] + 1), np.arange(1, cum.shape[1] + 1), indexing="ij")
     return cum / np.minimum(i, j)
@@ -71,14 +90,20 @@ def spectrum(delta: np.ndarray, top: int = 8) -> dict:
 def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], argv)
     setup, out = Setup(quick=args.quick), Output(args)
-    seed, steps = (args.seeds or [0])[0], args.steps or setup.budget.steps
+    seed, steps = (args.seeds or [0])[0], args.steps or (setup.budget.steps if args.quick else STEPS)
     n_layers = setup.base().config.num_hidden_layers
     layers = sorted({0, n_layers // 2, n_layers - 1})
     runs = {r: text_run(setup, lora_config(r), seed, steps, LR_LORA, keep_model=True) for r in (8, 64)}
     states = {r: adapter_state_dict(runs[r].pop("model")) for r in runs}
+    initial = {r: adapter_state_dict(adapted_model(setup, lora_config(r), steps, seed)) for r in runs}
     say(f"LoRA r=8 ppl {runs[8]['ppl']:.3f}, r=64 ppl {runs[64]['ppl']:.3f}")
     phi = {f"{m} layer {i}": subspace_similarity(factor(states[8], i, m, "A"), factor(states[64], i, m, "A"))
            for m in MODULES for i in layers}
+    phi_b = {f"{m} layer {i}": output_similarity(factor(states[8], i, m, "B"), factor(states[64], i, m, "B"))
+             for m in MODULES for i in layers}
+    a_moved = {f"r={r} {m} layer {i}": float(np.linalg.norm(factor(states[r], i, m, "A") - factor(initial[r], i, m, "A"))
+                                             / np.linalg.norm(factor(initial[r], i, m, "A")))
+               for r in runs for m in MODULES for i in layers}
     full_model, full_row = full_finetune(setup, seed, steps)
     say(f"full fine-tune of q, v: ppl {full_row['ppl']:.3f}")
     base = setup.base()
@@ -97,8 +122,10 @@ def main(argv=None):
               "lora_r8": memory_run(setup, lora_config(8), steps, LR_LORA)}
     say(f"memory: {memory}")
     out.write(NAME, setup, {"seed": seed, "steps": steps, "lr_lora": LR_LORA, "lr_full": LR_FULL, "layers": layers,
-                            "lora": runs, "full": full_row, "phi": phi, "spectra": spectra, "memory": memory})
+                            "lora": runs, "full": full_row, "phi": phi, "phi_b": phi_b, "a_moved": a_moved,
+                            "spectra": spectra, "memory": memory})
     plot_phi(phi, out.figure_path(f"{NAME}_subspace"))
+    plot_phi(phi_b, out.figure_path(f"{NAME}_subspace_b"))
     plot_spectra(spectra, out.figure_path(f"{NAME}_spectrum"))
 
 
@@ -139,6 +166,7 @@ def replot(path: str, out_dir: str) -> None:
     with open(path) as f:
         data = json.load(f)
     plot_phi(data["phi"], os.path.join(out_dir, f"{NAME}_subspace.png"))
+    plot_phi(data["phi_b"], os.path.join(out_dir, f"{NAME}_subspace_b.png"))
     plot_spectra(data["spectra"], os.path.join(out_dir, f"{NAME}_spectrum.png"))
 
 

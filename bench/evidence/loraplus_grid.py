@@ -7,8 +7,16 @@ Per cell and seed: Shakespeare (held-out perplexity, training loss curve) and th
 match, training loss curve). Steps to target: the target is the final smoothed training loss (mean
 of the last 5 steps) of plain LoRA at its best lr (lowest held-out perplexity; mean over seeds);
 a cell's steps to target is the first step whose 5-step trailing mean is at or below it.
+
+The grid can run in parts, on separate processes (``--part NAME --seeds ... --lrs ...`` writes
+loraplus_grid_part_NAME.json), then ``--combine`` joins every part into loraplus_grid.json with
+the summary and the figure.
 """
 from __future__ import annotations
+
+import glob
+import json
+import os
 
 import numpy as np
 
@@ -21,7 +29,10 @@ from .setup import Setup
 
 NAME = "loraplus_grid"
 RATIOS = (1, 2, 4, 8, 16, 32)
-LRS = (1e-4, 3e-4, 1e-3)
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+OPTIONS = (("--lrs", {"type": float, "nargs": "+", "default": None, "help": "base lrs (default: LRS)"}),
+           ("--part", {"default": None, "help": "run a part of the grid into loraplus_grid_part_<PART>.json"}),
+           ("--combine", {"action": "store_true", "help": "join the parts into loraplus_grid.json"}))
 
 
 def cells(ratios, lrs) -> list:
@@ -58,15 +69,39 @@ def analyse(rows, ratios, lrs) -> dict:
     return result
 
 
+def combine(out) -> tuple:
+    """(rows, seeds, lrs) of every part file: one base row, then the trained rows of each part."""
+    paths = sorted(glob.glob(os.path.join(out.results, f"{NAME}_part_*.json")))
+    if not paths:
+        raise SystemExit(f"no {NAME}_part_*.json under {out.results}")
+    rows, seeds, lrs = [], set(), set()
+    for path in paths:
+        with open(path) as f:
+            part = json.load(f)
+        if not part["complete"]:
+            raise SystemExit(f"{path} is incomplete")
+        rows += part["rows"][1:] if rows else part["rows"]
+        seeds.update(part["seeds"])
+        lrs.update(part["lrs"])
+    return rows, sorted(seeds), sorted(lrs)
+
+
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, extra=OPTIONS)
     setup, out = Setup(quick=args.quick), Output(args)
     b = setup.budget
-    ratios, lrs = ((1, 16), (1e-3,)) if args.quick else (RATIOS, LRS)
+    ratios, lrs = ((1, 16), (1e-3,)) if args.quick else (RATIOS, tuple(args.lrs or LRS))
     seeds = args.seeds or ((0,) if not args.quick else b.seeds[:1])
     extra = {"ratios": list(ratios), "lrs": list(lrs), "r": 8, "lora_alpha": 16, "targets": ["q_proj", "v_proj"]}
     steps = args.steps or b.grid_steps
-    rows = grid(setup, out, NAME, cells(ratios, lrs), seeds, steps, b.task_steps, extra)
+    if args.combine:
+        rows, seeds, lrs = combine(out)
+        extra["lrs"] = lrs
+    else:
+        name = NAME if args.part is None else f"{NAME}_part_{args.part}"
+        rows = grid(setup, out, name, cells(ratios, lrs), seeds, steps, b.task_steps, extra)
+        if args.part is not None:
+            return
     summary = analyse(rows, ratios, lrs)
     say(f"best plain lr {summary['best_plain_lr']}, targets {summary['target_loss']}")
     out.write(NAME, setup, {**extra, "steps": steps, "task_steps": b.task_steps, "seeds": list(seeds),

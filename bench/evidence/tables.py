@@ -75,16 +75,20 @@ def intrinsic_rank(data: dict) -> list:
                      + (f"{data['memory']['lora_r8']['peak_mib']:.0f} |" if r == "8" else "- |"))
     lines.append(f"| full fine-tune q,v | {data['full']['trainable']:,} | {data['full']['ppl']:.3f} | "
                  f"{data['memory']['full_qv']['peak_mib']:.0f} |")
-    lines += ["", "| matrix | top-8 energy, full dW | top-8 energy, LoRA r=8 dW | phi(1,1) | phi(8,8) | phi(8,64) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| matrix | top-8 energy, full dW | top-8 energy, LoRA r=8 dW | A: phi(1,1) | phi(8,8) | phi(8,64) "
+              "| B: phi(1,1) | phi(8,8) | phi(8,64) | A moved, r=8 / r=64 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in data["spectra"].items():
-        phi = data["phi"][name]
+        phi, phi_b = data["phi"][name], data["phi_b"][name]
+        moved = " / ".join(f"{data['a_moved'][f'r={r} {name}']:.2f}" for r in (8, 64))
         lines.append(f"| {name} | {s['full']['energy_top']:.3f} | {s['lora_r8']['energy_top']:.3f} | "
-                     f"{phi[0][0]:.3f} | {phi[7][7]:.3f} | {phi[7][-1]:.3f} |")
-    d_in = 576 if data["setup"]["model"].startswith("SmolLM2") else TINY["hidden_size"]  # q, v input width
-    if phi:  # two random subspaces of dimensions i <= j in R^d: E[phi(i, j)] = j / d
-        lines.append(f"| random subspaces (expected) | - | - | {1 / d_in:.4f} | {8 / d_in:.4f} | "
-                     f"{len(phi[0]) / d_in:.4f} |")
+                     f"{phi[0][0]:.3f} | {phi[7][7]:.3f} | {phi[7][-1]:.3f} | "
+                     f"{phi_b[0][0]:.3f} | {phi_b[7][7]:.3f} | {phi_b[7][-1]:.3f} | {moved} |")
+    # two random subspaces of dimensions i <= j in R^d: E[phi(i, j)] = j / d (d: A's d_in, B's d_out)
+    hidden = 576 if data["setup"]["model"].startswith("SmolLM2") else TINY["hidden_size"]
+    kv = hidden // 3 if data["setup"]["model"].startswith("SmolLM2") else hidden // 2  # v_proj's d_out
+    for label, d_out in (("q_proj", hidden), ("v_proj", kv)):
+        lines.append(f"| random subspaces, {label} (expected) | - | - | {1 / hidden:.4f} | {8 / hidden:.4f} | "
+                     f"{64 / hidden:.4f} | {1 / d_out:.4f} | {8 / d_out:.4f} | {min(64, d_out) / d_out:.4f} | - |")
     return lines
 
 

@@ -14,7 +14,7 @@ from bench.evidence.__main__ import EXPERIMENTS, main  # noqa: E402
 from bench.evidence.data import HELD_OUT, shakespeare_plays, split_plays, strip_gutenberg  # noqa: E402
 
 FIGURES = {"merge_latency": ["merge_latency"], "qlora_dtypes": ["qlora_dtypes"],
-           "intrinsic_rank": ["intrinsic_rank_subspace", "intrinsic_rank_spectrum"], "rank_sweep": ["rank_sweep"],
+           "intrinsic_rank": ["intrinsic_rank_subspace", "intrinsic_rank_subspace_b", "intrinsic_rank_spectrum"], "rank_sweep": ["rank_sweep"],
            "which_weights": ["which_weights"], "loraplus_grid": ["loraplus_grid"],
            "qlora_vs_lora": ["qlora_vs_lora"], "adalora_budget": ["adalora_budget"], "summary_table": []}
 
@@ -67,9 +67,10 @@ def test_quantization_rows_order_and_bits(results):
 
 def test_intrinsic_rank_similarity_is_a_normalised_overlap(results):
     data = load(results, "intrinsic_rank")
-    for phi in data["phi"].values():
+    for phi in list(data["phi"].values()) + list(data["phi_b"].values()):
         values = [v for row in phi for v in row]
         assert all(-1e-9 <= v <= 1 + 1e-9 for v in values)
+    assert all(moved > 0 for moved in data["a_moved"].values())  # A trained away from its initialisation
     assert data["memory"]["full_qv"]["peak_mib"] > 0 and data["full"]["trainable"] > data["lora"]["8"]["trainable"]
 
 
