@@ -288,7 +288,7 @@ def attention(q, k, v, causal=True, scale=None):
     qg = xp.reshape(q, (b, nkv, groups * t, hs))  # (B, nkv, g*T, hs)
     scores = xp.matmul(qg, k.mT)  # (B, nkv, g*T, S); scaled, masked and normalised in place below
     scores *= scale
-    if causal:
+    if causal and t > 1:  # a single query is the last position: it sees every key, the mask is all zeros
         allowed = causal_mask(xp, t, s_len)  # (T, S)
         bias = xp.where(allowed, xp.zeros(allowed.shape, dtype=scores.dtype),
                         xp.full(allowed.shape, -math.inf, dtype=scores.dtype))

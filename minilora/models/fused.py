@@ -47,9 +47,10 @@ class _Stack:
                    for m, (w, b) in zip(linears, self.views))
 
 
-def fused_linears(x: Tensor, linears) -> list[Tensor] | None:
-    """[m(x) for m in linears] as one product, or None where that is not allowed (see the module doc)."""
-    if is_grad_enabled() or any(type(m) is not Linear for m in linears):
+def stacked(linears) -> _Stack | None:
+    """The current stack of ``linears`` (made or remade as needed), or None unless every one is a plain
+    Linear with the same input width, dtype and bias presence."""
+    if any(type(m) is not Linear for m in linears):
         return None
     first = linears[0]
     if any((m.bias is None) != (first.bias is None) or m.weight.dtype != first.weight.dtype
@@ -58,9 +59,22 @@ def fused_linears(x: Tensor, linears) -> list[Tensor] | None:
     stack = _STACKS.get(first)
     if stack is None or not stack.holds(linears):
         stack = _STACKS[first] = _Stack(linears, first.weight.xp)
-    y = kernels.linear(x.data, stack.weight, stack.bias).data  # (..., sum d_i)
+    return stack
+
+
+def split_outputs(y, sizes) -> list:
+    """The column blocks of y (..., sum d_i): one view (..., d_i) per stacked Linear."""
     out, start = [], 0
-    for size in stack.sizes:
-        out.append(Tensor(y[..., start:start + size]))
+    for size in sizes:
+        out.append(y[..., start:start + size])
         start += size
     return out
+
+
+def fused_linears(x: Tensor, linears) -> list[Tensor] | None:
+    """[m(x) for m in linears] as one product, or None where that is not allowed (see the module doc)."""
+    stack = None if is_grad_enabled() else stacked(linears)
+    if stack is None:
+        return None
+    y = kernels.linear(x.data, stack.weight, stack.bias).data  # (..., sum d_i)
+    return [Tensor(block) for block in split_outputs(y, stack.sizes)]

@@ -2,8 +2,10 @@
 
 Step 0 runs the whole prompt (B, T0) once and fills the cache; each later step feeds only the last
 token (B, 1), whose keys/values are written into the cache (preallocated for T0 + max_new_tokens
-positions). Only the last position goes through lm_head. On NumPy the decoding steps run with the
-BLAS thread count that times fastest (models/blas_threads.py). Next-token rule on the last logits z (B, V):
+positions). Only the last position goes through lm_head. A plain Llama-style Transformer runs its
+steps on bare arrays (models/decode.py; the same numbers as its module forward). On NumPy the
+decoding steps run with the BLAS thread count that times fastest (models/blas_threads.py).
+Next-token rule on the last logits z (B, V):
 
     temperature == 0:  argmax z                                              (greedy)
     otherwise:         sample from softmax(z / temperature) restricted to the top_k largest z,
@@ -22,6 +24,7 @@ import numpy as np
 from .. import backend
 from ..tensor import Tensor, no_grad
 from .blas_threads import ThreadChooser
+from .decode import Decoder
 from .kv_cache import KVCache
 from .transformer import Transformer, as_token_ids
 
@@ -71,6 +74,7 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
     per_row = {} if adapter_names is None else {"adapter_names": adapter_names}
     try:
         with no_grad():
+            decoder = Decoder.for_model(model) if use_cache and adapter_names is None else None
             feed = ids
             for step_index in range(max_new_tokens):
                 decoding = use_cache and step_index > 0  # one token per row: GEMVs
@@ -78,7 +82,8 @@ def stream_generate(model, prompt_ids, max_new_tokens: int, temperature: float =
                     threads.begin()
                 else:
                     threads.prefill()
-                logits = last_logits(model, feed, cache, **per_row)  # (B, V)
+                logits = (decoder.last_logits(feed, cache) if decoder is not None
+                          else last_logits(model, feed, cache, **per_row))  # (B, V)
                 if decoding:
                     threads.end()
                 token = next_token(logits, temperature, top_k, rng)  # (B,)

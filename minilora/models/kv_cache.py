@@ -39,16 +39,22 @@ class KVCache:
         The cached prefix enters as a constant, so gradients (if any) flow to the new positions only:
         with a gradient to carry, the result is a concatenation that keeps k and v in the graph.
         """
-        start, t = self.lengths[layer], k.shape[2]
-        self._reserve(layer, k.data, start + t)
-        keys, values = self.keys[layer], self.values[layer]
-        keys[:, :, start:start + t, :] = k.data
-        values[:, :, start:start + t, :] = v.data
-        self.lengths[layer] = start + t
+        start = self.lengths[layer]
+        keys, values = self.append(layer, k.data, v.data)
         if is_grad_enabled() and (k.requires_grad or v.requires_grad):
             return (ops.concat(Tensor(keys[:, :, :start, :]), k, axis=2),
                     ops.concat(Tensor(values[:, :, :start, :]), v, axis=2))
-        return Tensor(keys[:, :, :start + t, :]), Tensor(values[:, :, :start + t, :])
+        return Tensor(keys), Tensor(values)
+
+    def append(self, layer: int, k, v) -> tuple:
+        """Arrays: write k, v (B, nkv, T, hs) after the prefix; return the views (B, nkv, S+T, hs)."""
+        start, t = self.lengths[layer], k.shape[2]
+        self._reserve(layer, k, start + t)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, start:start + t, :] = k
+        values[:, :, start:start + t, :] = v
+        self.lengths[layer] = start + t
+        return keys[:, :, :start + t, :], values[:, :, :start + t, :]
 
     def _reserve(self, layer: int, k, needed: int) -> None:
         """Make layer ``layer``'s buffers hold ``needed`` positions of k's batch, heads, head size and dtype."""

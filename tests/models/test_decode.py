@@ -7,6 +7,7 @@ import pytest
 from minilora import backend
 from minilora.models import KVCache, ModelConfig, Transformer, generate, next_token
 from minilora.models import blas_threads
+from minilora.models.decode import Decoder
 from minilora.models.fused import _STACKS
 from minilora.tensor import Tensor, no_grad
 
@@ -123,3 +124,51 @@ def test_kernel_namespace_cache_still_refuses_mixed_backends():
         kernels._xp(a, strict.asarray(a))
     with pytest.raises(backend.BackendError):
         kernels.rms_norm(a, strict.ones((3,), dtype=strict.float32))
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_array_decoder_equals_the_module_path_bit_for_bit(xp, interleaved):
+    """Prefill then single-token steps, batch 2: the same logits and cache as model(ids, cache)."""
+    config = tiny()
+    config.rope_interleaved = interleaved
+    model = Transformer(config, seed=6)
+    model.eval()
+    ids = xp.asarray(ids_of(4, 2, 9))
+    with no_grad():
+        decoder = Decoder.for_model(model)
+        assert decoder is not None
+        caches = KVCache(2, capacity=9), KVCache(2, capacity=9)
+        for a, b in ((0, 5), (5, 6), (6, 7), (7, 9)):
+            ours = decoder.last_logits(ids[:, a:b], caches[0])
+            theirs = model(ids[:, a:b], cache=caches[1]).data[:, -1, :]
+            np.testing.assert_array_equal(backend.to_numpy(ours), backend.to_numpy(theirs))
+        for layer in range(2):
+            np.testing.assert_array_equal(backend.to_numpy(caches[0].keys[layer]), backend.to_numpy(caches[1].keys[layer]))
+
+
+def test_generation_through_the_array_decoder_equals_recomputing_the_prefix():
+    model = Transformer(tiny(), seed=7)
+    prompt = ids_of(5, 2, 4)
+    np.testing.assert_array_equal(generate(model, prompt, 6), generate(model, prompt, 6, use_cache=False))
+
+
+def test_array_decoder_declines_what_it_does_not_implement():
+    from minilora.lora import LoraConfig, get_lora_model
+    model = Transformer(tiny(), seed=8)
+    with no_grad():
+        assert Decoder.for_model(model) is None  # training mode: dropout may be on
+        model.eval()
+        assert Decoder.for_model(model) is not None
+        assert Decoder.for_model(Transformer(tiny("gpt2"), seed=8).eval()) is None
+        lora = get_lora_model(Transformer(tiny(), seed=8), LoraConfig(r=2, target_modules=["v_proj"]), seed=0)
+        lora.eval()
+        assert Decoder.for_model(lora) is None and Decoder.for_model(lora.get_base_model()) is None
+    assert Decoder.for_model(model) is None  # gradients enabled
+
+
+def test_one_causal_query_needs_no_mask():
+    from minilora import kernels
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((1, 4, 1, 8)), rng.standard_normal((1, 2, 5, 8))
+    np.testing.assert_array_equal(kernels.attention(q, k, k, causal=True).data,
+                                  kernels.attention(q, k, k, causal=False).data)
