@@ -4,14 +4,18 @@ For hidden states h (N, C), the head weight W (V, C) and targets t (N,) (ignore_
 
     z_n   = W h_n                                          (V,)  logits of row n
     loss  = sum_valid (logsumexp(z_n) - z_n[t_n]) / n_valid
-    dz_n  = (softmax(z_n) - onehot(t_n)) / n_valid         on valid rows, 0 on ignored rows
-    gh    = dz W                    (N, C)      gW = dz^T h      (V, C)
+    dz_n  = (softmax(z_n) - onehot(t_n)) s_n,    s_n = 1 / n_valid on valid rows, 0 on ignored rows
+    gh    = dz W = (softmax(z) s) W - s W[t]          (N, C)
+    gW    = dz^T h = (softmax(z) s)^T h - scatter_add_t(s h)       (V, C)
 
 The rows are taken ``chunk_rows`` at a time: one chunk's logits (R, V) are computed, reduced to its
-loss terms and, when gradients are wanted, turned into dz in place and multiplied straight into gh
-(and gW); then the chunk dies. Peak extra memory is a few (R, V) arrays instead of three (N, V)
-ones: for SmolLM2 at batch 4 x 128 (N = 512, V = 49152) that is 12 MiB per array at R = 64
-against 96 MiB at R = N.
+loss terms and, when gradients are wanted, scaled into softmax(z) s in place and multiplied straight
+into gh (and gW); then the chunk dies. The one-hot part is a gather of R rows of W (and, for gW, one
+scatter-add at the end), so no (R, V) one-hot array is ever made. Peak extra memory is one (R, V)
+array instead of three (N, V) ones: for SmolLM2 at batch 4 x 128 (N = 512, V = 49152) that is
+24 MiB at R = 128 against 96 MiB per array at R = N. 128 rows, not fewer: the (R, 576) x (576, 49152)
+products run at 99 GFLOP/s with 64 rows, 132 with 128 and 147 with 256 on the 2-core VM
+(bench/results/bench_memory.json has the chunk sweep; docs/speed.md).
 
 The gradient is computed in the forward pass (the loss is a scalar, so the VJP only scales the
 stored gh, gW by the cotangent g): no logits are kept for backward and none are recomputed. Which
@@ -27,7 +31,7 @@ from __future__ import annotations
 from . import backend
 from .tensor import Primitive, Tensor, apply, is_grad_enabled
 
-DEFAULT_CHUNK_ROWS = 64  # chosen by bench/bench_memory.py's chunk sweep (see docs/speed.md)
+DEFAULT_CHUNK_ROWS = 128  # GEMM rate against chunk memory: see the module doc and docs/speed.md
 
 
 def _check(xp, h, weight, targets, ignore_index):
@@ -62,7 +66,6 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
     denom = float(n_valid if n_valid else 1)
     scale = xp.where(valid, xp.full(valid.shape, 1.0 / denom, dtype=h.dtype),
                      xp.zeros(valid.shape, dtype=h.dtype))  # (N,) d loss / d (lse_n - z_n[t_n])
-    classes = xp.arange(v, dtype=safe.dtype)[None, :]  # (1, V)
     gh = xp.zeros(h.shape, dtype=h.dtype) if grad_h else None
     gw = xp.zeros(weight.shape, dtype=weight.dtype) if grad_w else None
     total = xp.zeros((), dtype=h.dtype)
@@ -78,12 +81,13 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
         total = total + xp.sum(sc * (xp.log(row_sum[:, 0]) + row_max[:, 0] - picked))
         if gh is not None or gw is not None:
             z *= sc[:, None] / row_sum  # softmax * scale
-            z[xp.reshape(tc, (-1, 1)) == classes] -= sc  # one True per row, in row order: - onehot * scale
             if gh is not None:
-                gh[start:stop, :] = xp.matmul(z, weight)  # (R, C)
+                gh[start:stop, :] = xp.matmul(z, weight) - sc[:, None] * xp.take(weight, tc, axis=0)  # (R, C)
             if gw is not None:
-                gw += xp.matmul(z.mT, hc)  # (V, C)
+                gw += xp.matmul(z.mT, hc)  # (V, C); the one-hot part follows the loop
         del z  # before the next chunk's logits exist: one chunk at a time
+    if gw is not None:
+        gw -= backend.scatter_add(xp, v, safe, scale[:, None] * h)  # row t_n of W gets - s_n h_n
 
     def vjp(g, needs):
         return (gh * g if needs[0] else None, gw * g if needs[1] else None, None)
