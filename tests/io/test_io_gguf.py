@@ -1,6 +1,7 @@
 """GGUF: tiny models written and read back per tensor type, the RoPE row permutation, names, config, and a fuzz."""
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -11,6 +12,7 @@ from minilora import functional as F
 from minilora.errors import FileFormatError, MiniloraError, MissingFileError
 from minilora.io import (check_gguf, gguf_to_hf_name, hf_to_gguf_name, load_gguf, permute_rope_rows,
                          save_gguf, unpermute_rope_rows)
+from minilora.io.gguf import open_gguf
 from minilora.io.pretrained import model_from_state_dict
 from minilora.models import ModelConfig, Transformer
 from minilora.tensor import Tensor, no_grad
@@ -221,3 +223,32 @@ def test_fuzz_mutated_and_random_bytes_raise_only_minilora_errors(fuzz_state, da
         load_gguf(path)
     except MiniloraError:
         pass
+
+
+def _mapped_rss_kib(path) -> int:
+    """Resident KiB of this process's memory maps of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's first line
+                inside = len(head) >= 6 and head[-1] == str(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux /proc/self/smaps")
+def test_reading_tensors_leaves_the_file_map_unread(tmp_path):
+    """Decoding goes through plain reads, so a 4-bit load never holds the whole file in its map."""
+    config = ModelConfig(**{**TINY, "vocab_size": 8192, "hidden_size": 256, "intermediate_size": 256,
+                            "num_attention_heads": 4, "num_key_value_heads": 2})
+    path = tmp_path / "m.gguf"
+    save_gguf(path, config, Transformer(config, seed=0).state_dict(), qtype="F32")  # 8 MiB embedding
+    _, _, tensors = open_gguf(path)
+    decoded, mapped = {}, []
+    for name, value in tensors:  # the reader's map stays open until the last tensor
+        decoded[name] = value
+        mapped.append(_mapped_rss_kib(path.resolve()))
+    assert decoded["model.embed_tokens.weight"].shape == (8192, 256)
+    assert 0 < max(mapped) < 1024  # the header's pages at most, though 12 MiB of tensors were read
