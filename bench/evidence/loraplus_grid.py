@@ -31,6 +31,7 @@ NAME = "loraplus_grid"
 RATIOS = (1, 2, 4, 8, 16, 32)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 OPTIONS = (("--lrs", {"type": float, "nargs": "+", "default": None, "help": "base lrs (default: LRS)"}),
+           ("--ratios", {"type": int, "nargs": "+", "default": None, "help": "ratios (default: RATIOS)"}),
            ("--part", {"default": None, "help": "run a part of the grid into loraplus_grid_part_<PART>.json"}),
            ("--combine", {"action": "store_true", "help": "join the parts into loraplus_grid.json"}))
 
@@ -45,8 +46,8 @@ def analyse(rows, ratios, lrs) -> dict:
     """Per cell: perplexity / exact match spread and steps to the plain-LoRA target, per part."""
     trained = [r for r in rows if "text" in r]
     cell = lambda ratio, lr: [r for r in trained if r["ratio"] == ratio and r["lr"] == lr]  # noqa: E731
-    plain = {lr: spread(r["text"]["ppl"] for r in cell(1, lr)) for lr in lrs}
-    best_lr = min(lrs, key=lambda lr: plain[lr]["mean"])
+    plain = {lr: spread(r["text"]["ppl"] for r in cell(1, lr)) for lr in lrs if cell(1, lr)}
+    best_lr = min(plain, key=lambda lr: plain[lr]["mean"])
     result = {"best_plain_lr": best_lr, "cells": []}
     targets = {}
     for part in ("text", "task"):
@@ -56,6 +57,8 @@ def analyse(rows, ratios, lrs) -> dict:
     for ratio in ratios:
         for lr in lrs:
             runs = cell(ratio, lr)
+            if not runs:  # a grid may add an lr for some ratios only
+                continue
             entry = {"ratio": ratio, "lr": lr, "ppl": spread(r["text"]["ppl"] for r in runs)}
             for part in ("text", "task"):
                 if targets[part] is None:
@@ -70,11 +73,11 @@ def analyse(rows, ratios, lrs) -> dict:
 
 
 def combine(out) -> tuple:
-    """(rows, seeds, lrs) of every part file: one base row, then the trained rows of each part."""
+    """(rows, seeds, lrs, ratios) of every part file: one base row, then the trained rows of each part."""
     paths = sorted(glob.glob(os.path.join(out.results, f"{NAME}_part_*.json")))
     if not paths:
         raise SystemExit(f"no {NAME}_part_*.json under {out.results}")
-    rows, seeds, lrs = [], set(), set()
+    rows, seeds, lrs, ratios = [], set(), set(), set()
     for path in paths:
         with open(path) as f:
             part = json.load(f)
@@ -83,20 +86,22 @@ def combine(out) -> tuple:
         rows += part["rows"][1:] if rows else part["rows"]
         seeds.update(part["seeds"])
         lrs.update(part["lrs"])
-    return rows, sorted(seeds), sorted(lrs)
+        ratios.update(part["ratios"])
+    return rows, sorted(seeds), sorted(lrs), sorted(ratios)
 
 
 def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], argv, extra=OPTIONS)
     setup, out = Setup(quick=args.quick), Output(args)
     b = setup.budget
-    ratios, lrs = ((1, 16), (1e-3,)) if args.quick else (RATIOS, tuple(args.lrs or LRS))
+    ratios = tuple(args.ratios or ((1, 16) if args.quick else RATIOS))
+    lrs = tuple(args.lrs or ((1e-3,) if args.quick else LRS))
     seeds = args.seeds or ((0,) if not args.quick else b.seeds[:1])
     extra = {"ratios": list(ratios), "lrs": list(lrs), "r": 8, "lora_alpha": 16, "targets": ["q_proj", "v_proj"]}
     steps = args.steps or b.grid_steps
     if args.combine:
-        rows, seeds, lrs = combine(out)
-        extra["lrs"] = lrs
+        rows, seeds, lrs, ratios = combine(out)
+        extra.update(lrs=lrs, ratios=ratios)
     else:
         name = NAME if args.part is None else f"{NAME}_part_{args.part}"
         rows = grid(setup, out, name, cells(ratios, lrs), seeds, steps, b.task_steps, extra)
@@ -112,11 +117,12 @@ def main(argv=None):
 def plot(rows, summary, ratios, lrs, path):
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    ppl = np.array([[next(c["ppl"]["mean"] for c in summary["cells"] if c["ratio"] == r and c["lr"] == lr)
+    ppl = np.array([[next((c["ppl"]["mean"] for c in summary["cells"] if c["ratio"] == r and c["lr"] == lr), np.nan)
                      for lr in lrs] for r in ratios])
     image = axes[0].imshow(ppl, cmap="viridis_r", aspect="auto")
     for (i, j), value in np.ndenumerate(ppl):
-        axes[0].text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w")
+        if np.isfinite(value):
+            axes[0].text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w")
     axes[0].set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     axes[0].set_yticks(range(len(ratios)), [str(r) for r in ratios])
     axes[0].set_xlabel("base lr")

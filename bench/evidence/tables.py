@@ -110,7 +110,7 @@ SPECIAL = {"merge_latency": merge_latency, "qlora_dtypes": qlora_dtypes, "intrin
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:] or [RESULTS])[0]
     for name in sorted(os.listdir(folder)):
-        if not name.endswith(".json"):
+        if not name.endswith(".json") or "_part_" in name:  # parts of a grid: their combined file is shown
             continue
         with open(os.path.join(folder, name)) as f:
             data = json.load(f)

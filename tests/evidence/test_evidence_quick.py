@@ -89,3 +89,15 @@ def test_strip_gutenberg_keeps_only_the_text_between_the_markers():
     text = "licence blah\n*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nTo be.\n*** END OF THIS ..."
     assert strip_gutenberg(text) == "To be."
     assert strip_gutenberg("no markers") == "no markers"
+
+
+def test_loraplus_grid_parts_combine_into_one_grid(tmp_path):
+    from bench.evidence import loraplus_grid
+    loraplus_grid.main(["--quick", "--out", str(tmp_path), "--part", "a", "--seeds", "0"])
+    loraplus_grid.main(["--quick", "--out", str(tmp_path), "--part", "b", "--seeds", "0", "--ratios", "1",
+                        "--lrs", "1e-2"])  # one more lr, for plain LoRA only
+    loraplus_grid.main(["--quick", "--out", str(tmp_path), "--combine"])
+    data = load(tmp_path, "loraplus_grid")
+    assert data["rows"][0]["label"] == "base" and sum(r["label"] == "base" for r in data["rows"]) == 1
+    assert {(c["ratio"], c["lr"]) for c in data["summary"]["cells"]} == {(1, 1e-3), (16, 1e-3), (1, 1e-2)}
+    assert data["summary"]["best_plain_lr"] in (1e-3, 1e-2) and (tmp_path / "loraplus_grid.png").stat().st_size > 1000
