@@ -148,7 +148,7 @@ def rms_norm(x, weight, eps=1e-6):
     VJP with xhat = x * rstd, gh = g * w: gx = rstd * (gh - xhat * mean(gh * xhat)), gw = sum(g * xhat).
     """
     xp = _xp(x, weight)
-    if inplace.enabled(xp) and x.shape[-1] == weight.shape[-1] and x.dtype == weight.dtype:  # the same numbers, in place (inplace.py)
+    if inplace.enabled(xp) and x.shape[-1] == weight.shape[-1] and x.dtype == weight.dtype:  # inplace.py: same numbers
         y, rstd, xhat = inplace.rms_norm(xp, x, weight, eps)
         return y, lambda g, needs: inplace.rms_norm_vjp(xp, g, weight, rstd, xhat, needs[0], needs[1])
     rstd = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)
@@ -198,7 +198,7 @@ def swiglu(gate, up):
     the number of (N, F) temporaries low: this kernel runs on the widest activations of the model.
     """
     xp = _xp(gate, up)
-    if inplace.enabled(xp) and gate.shape == up.shape and gate.dtype == up.dtype:  # the same numbers, in place (inplace.py)
+    if inplace.enabled(xp) and gate.shape == up.shape and gate.dtype == up.dtype:  # inplace.py: the same numbers
         y, s, act = inplace.swiglu(xp, gate, up)
         return y, lambda g, needs: inplace.swiglu_vjp(xp, g, gate, up, s, act, needs[0], needs[1])
     s = xp.tanh(0.5 * gate)  # (..., F); becomes sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in place
@@ -243,7 +243,7 @@ def rope(x, cos, sin, interleaved=False):
         raise ValueError(f"rope: expected x (..., T, hs) with even hs and cos, sin (T, hs), got x "
                          f"{tuple(x.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}")
 
-    if inplace.enabled(xp) and not interleaved and x.dtype == cos.dtype == sin.dtype:  # the same numbers, in place (inplace.py)
+    if inplace.enabled(xp) and not interleaved and x.dtype == cos.dtype == sin.dtype:  # inplace.py: the same numbers
         return (inplace.rope_half(xp, x, cos, sin),
                 lambda g, needs: (inplace.rope_half(xp, g, cos, sin, transpose=True), None, None))
 

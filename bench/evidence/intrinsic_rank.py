@@ -1,7 +1,9 @@
 """Claim: the update has a very low intrinsic rank (LoRA, arXiv 2106.09685, section 7 and Fig. 3:
 the top directions of r=8 and r=64 adapters overlap strongly, the rest is mostly noise).
 
-(a) LoRA r=8 and r=64 on q_proj and v_proj, trained on Shakespeare from the same base. For the
+(a) LoRA r=8 and r=64 on q_proj and v_proj, trained on Shakespeare from the same base, with
+    different seeds: from one seed the two draws of A share a stream, so r=64's initial A would
+    hold r=8's as its first 8 rows and the subspaces would overlap by construction. For the
     right singular vectors of A (A = U S V^T, V_r: the top-r rows of V^T as columns (d_in, r)):
         phi(i, j) = ||V_8[:, :i]^T V_64[:, :j]||_F^2 / min(i, j)   in [0, 1]
     (1: the top-i subspace of one lies in the top-j subspace of the other), for q and v in LAYERS.
@@ -59,6 +61,11 @@ def output_similarity(b_small: np.ndarray, b_large: np.ndarray) -> np.ndarray:
     return _cumulative_overlap(u_small, u_large)
 
 
+def moved(start: np.ndarray, end: np.ndarray) -> float:
+    """||end - start||_F / ||start||_F: how far training took a matrix from its initialisation."""
+    return float(np.linalg.norm(end - start) / np.linalg.norm(start))
+
+
 def _cumulative_overlap(small: np.ndarray, large: np.ndarray) -> np.ndarray:
     """phi(i, j) = ||small[:, :i]^T large[:, :j]||_F^2 / min(i, j) for orthonormal columns."""
     overlap = (small.T @ large) ** 2  # (r_small, r_large)
@@ -93,16 +100,16 @@ def main(argv=None):
     seed, steps = (args.seeds or [0])[0], args.steps or (setup.budget.steps if args.quick else STEPS)
     n_layers = setup.base().config.num_hidden_layers
     layers = sorted({0, n_layers // 2, n_layers - 1})
-    runs = {r: text_run(setup, lora_config(r), seed, steps, LR_LORA, keep_model=True) for r in (8, 64)}
+    seeds = {8: seed, 64: seed + 1}  # one seed would start r=64's A with r=8's A as its first rows
+    runs = {r: text_run(setup, lora_config(r), seeds[r], steps, LR_LORA, keep_model=True) for r in seeds}
     states = {r: adapter_state_dict(runs[r].pop("model")) for r in runs}
-    initial = {r: adapter_state_dict(adapted_model(setup, lora_config(r), steps, seed)) for r in runs}
+    initial = {r: adapter_state_dict(adapted_model(setup, lora_config(r), steps, seeds[r])) for r in runs}
     say(f"LoRA r=8 ppl {runs[8]['ppl']:.3f}, r=64 ppl {runs[64]['ppl']:.3f}")
     phi = {f"{m} layer {i}": subspace_similarity(factor(states[8], i, m, "A"), factor(states[64], i, m, "A"))
            for m in MODULES for i in layers}
     phi_b = {f"{m} layer {i}": output_similarity(factor(states[8], i, m, "B"), factor(states[64], i, m, "B"))
              for m in MODULES for i in layers}
-    a_moved = {f"r={r} {m} layer {i}": float(np.linalg.norm(factor(states[r], i, m, "A") - factor(initial[r], i, m, "A"))
-                                             / np.linalg.norm(factor(initial[r], i, m, "A")))
+    a_moved = {f"r={r} {m} layer {i}": moved(factor(initial[r], i, m, "A"), factor(states[r], i, m, "A"))
                for r in runs for m in MODULES for i in layers}
     full_model, full_row = full_finetune(setup, seed, steps)
     say(f"full fine-tune of q, v: ppl {full_row['ppl']:.3f}")
@@ -121,8 +128,8 @@ def main(argv=None):
     memory = {"full_qv": peak_training_memory(full_memory_model, setup.text_batches(0), lr=LR_FULL),
               "lora_r8": memory_run(setup, lora_config(8), steps, LR_LORA)}
     say(f"memory: {memory}")
-    out.write(NAME, setup, {"seed": seed, "steps": steps, "lr_lora": LR_LORA, "lr_full": LR_FULL, "layers": layers,
-                            "lora": runs, "full": full_row, "phi": phi, "phi_b": phi_b, "a_moved": a_moved,
+    out.write(NAME, setup, {"seed": seed, "seeds": seeds, "steps": steps, "lr_lora": LR_LORA, "lr_full": LR_FULL,
+                            "layers": layers, "lora": runs, "full": full_row, "phi": phi, "phi_b": phi_b, "a_moved": a_moved,
                             "spectra": spectra, "memory": memory})
     plot_phi(phi, out.figure_path(f"{NAME}_subspace"))
     plot_phi(phi_b, out.figure_path(f"{NAME}_subspace_b"))

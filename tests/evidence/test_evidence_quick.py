@@ -101,3 +101,8 @@ def test_loraplus_grid_parts_combine_into_one_grid(tmp_path):
     assert data["rows"][0]["label"] == "base" and sum(r["label"] == "base" for r in data["rows"]) == 1
     assert {(c["ratio"], c["lr"]) for c in data["summary"]["cells"]} == {(1, 1e-3), (16, 1e-3), (1, 1e-2)}
     assert data["summary"]["best_plain_lr"] in (1e-3, 1e-2) and (tmp_path / "loraplus_grid.png").stat().st_size > 1000
+
+
+def test_intrinsic_rank_compares_independently_initialised_adapters(results):
+    data = load(results, "intrinsic_rank")
+    assert data["seeds"]["8"] != data["seeds"]["64"]  # one seed: r=64's A would start with r=8's rows
