@@ -15,18 +15,20 @@ matters when a step's 121 matrix-vector products take milliseconds and each Pyth
 microseconds. The result equals the module path's bit for bit (tests/models/test_decode.py).
 
 ``Decoder.for_model`` returns None (and callers take the module path) unless the model is a
-Llama-style Transformer whose projections are plain Linears and whose norms are RMSNorms: a LoRA
-wrapper, a 4-bit layer, GPT-2 style or gradients being recorded all take the module path.
+Llama-style Transformer (or a wrapper of one, such as a LoraModel) whose projections compute plain
+Linears and whose norms are RMSNorms. A LoRA layer counts as its base Linear when it adds nothing
+(its adapters merged, disabled or inactive): a merged model decodes exactly like the base. An
+unmerged adapter, a 4-bit layer, GPT-2 style or gradients being recorded take the module path.
 The stacked q/k/v and gate/up weights are the ones models/fused.py shares with the module path.
 """
 from __future__ import annotations
 
 from .. import backend, functional as F
 from .. import kernels, ops
-from ..nn import Linear, RMSNorm
+from ..nn import Embedding, Linear, RMSNorm
 from ..tensor import is_grad_enabled
 from .fused import split_outputs, stacked
-from .transformer import Transformer
+from .transformer import Transformer, _language_model
 
 
 def _call(op, *arrays, **options):
@@ -44,23 +46,26 @@ class Decoder:
     def __init__(self, model):
         self.model, self.config = model, model.config
         lm = model.model
-        self.embed, self.head = lm.embed_tokens.weight.data, model.lm_head.weight.data
+        self.embed, self.head = lm.embed_tokens.weight.data, as_linear(model.lm_head).weight.data
         self.norm = (lm.norm.weight.data, lm.norm.eps)
         self.layers = [_LayerArrays(layer) for layer in lm.layers]
 
     @classmethod
     def for_model(cls, model):
-        """A Decoder for ``model``, or None when the module path must run (see the module doc)."""
+        """A Decoder for ``model`` (or the Transformer it wraps), or None when the module path must
+        run (see the module doc)."""
+        model = _language_model(model)
         if type(model) is not Transformer or model.config.style != "llama" or is_grad_enabled() or model.training:
             return None
-        if type(model.lm_head) is not Linear or model.lm_head.bias is not None or type(model.model.norm) is not RMSNorm:
+        head = as_linear(model.lm_head)
+        if head is None or head.bias is not None or type(model.model.norm) is not RMSNorm \
+                or type(model.model.embed_tokens) is not Embedding:
             return None
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
-            if any(type(n) is not RMSNorm for n in norms) or type(a.o_proj) is not Linear \
-                    or type(m.down_proj) is not Linear or stacked((a.q_proj, a.k_proj, a.v_proj)) is None \
-                    or stacked((m.gate_proj, m.up_proj)) is None:
+            if any(type(n) is not RMSNorm for n in norms) or None in _linears(layer) \
+                    or stacked(_linears(layer)[:3]) is None or stacked(_linears(layer)[4:6]) is None:
                 return None
         return cls(model)
 
@@ -87,16 +92,17 @@ class _LayerArrays:
     """One decoder layer's arrays (norm weights, stacked q/k/v and gate/up, o and down) and its forward."""
 
     def __init__(self, layer):
-        a, m = layer.self_attn, layer.mlp
+        a = layer.self_attn
+        q, k, v, o, gate, up, down = _linears(layer)
         self.heads = (a.num_heads, a.num_kv_heads, a.head_dim)
         self.interleaved = a.rope_interleaved
         self.norm_1 = (layer.input_layernorm.weight.data, layer.input_layernorm.eps)
         self.norm_2 = (layer.post_attention_layernorm.weight.data, layer.post_attention_layernorm.eps)
-        qkv, gate_up = stacked((a.q_proj, a.k_proj, a.v_proj)), stacked((m.gate_proj, m.up_proj))
+        qkv, gate_up = stacked((q, k, v)), stacked((gate, up))
         self.qkv = (qkv.weight, qkv.bias, qkv.sizes)
         self.gate_up = (gate_up.weight, gate_up.bias, gate_up.sizes)
-        self.o = (a.o_proj.weight.data, _data(a.o_proj.bias))
-        self.down = (m.down_proj.weight.data, _data(m.down_proj.bias))
+        self.o = (o.weight.data, _data(o.bias))
+        self.down = (down.weight.data, _data(down.bias))
 
     def forward(self, xp, h, rope, cache, index):
         """h (B, T, C) -> (B, T, C); appends this layer's keys and values to the cache."""
@@ -114,6 +120,23 @@ class _LayerArrays:
         n2 = _call(kernels.rms_norm, h, self.norm_2[0], eps=self.norm_2[1])
         gate, up = split_outputs(_call(kernels.linear, n2, self.gate_up[0], self.gate_up[1]), self.gate_up[2])
         return h + _call(kernels.linear, _call(kernels.swiglu, gate, up), *self.down)
+
+
+def as_linear(module):
+    """The plain Linear that computes ``module``'s output: itself, the base of a LoRA layer that adds
+    nothing now (merged, disabled or inactive adapters, no mixed batch), or None."""
+    if type(module) is Linear:
+        return module
+    plan = getattr(module, "adapter_plan", None)
+    if plan is None or type(getattr(module, "base_layer", None)) is not Linear or module.row_adapters is not None:
+        return None
+    return module.base_layer if not plan() else None
+
+
+def _linears(layer) -> list:
+    """q, k, v, o, gate, up, down of a decoder layer as plain Linears (None where one is not)."""
+    a, m = layer.self_attn, layer.mlp
+    return [as_linear(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)]
 
 
 def _data(parameter):

@@ -162,8 +162,29 @@ def test_array_decoder_declines_what_it_does_not_implement():
         assert Decoder.for_model(Transformer(tiny("gpt2"), seed=8).eval()) is None
         lora = get_lora_model(Transformer(tiny(), seed=8), LoraConfig(r=2, target_modules=["v_proj"]), seed=0)
         lora.eval()
-        assert Decoder.for_model(lora) is None and Decoder.for_model(lora.get_base_model()) is None
+        assert Decoder.for_model(lora) is None and Decoder.for_model(lora.get_base_model()) is None  # unmerged
+        embedded = get_lora_model(Transformer(tiny(), seed=8), LoraConfig(r=2, target_modules=["embed_tokens"]),
+                                  seed=0)
+        embedded.merge_adapter()
+        assert Decoder.for_model(embedded.eval()) is None  # only plain embeddings
     assert Decoder.for_model(model) is None  # gradients enabled
+
+
+def test_a_merged_or_disabled_lora_model_decodes_on_arrays_like_the_base():
+    from minilora.lora import LoraConfig, get_lora_model
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    lora = get_lora_model(Transformer(tiny(), dtype="float64", seed=9), config, seed=0)
+    prompt = ids_of(6, 1, 5)
+    unmerged = generate(lora, prompt, 6)  # the module path, adapter unmerged
+    lora.merge_adapter()
+    with no_grad():
+        assert Decoder.for_model(lora.eval()) is not None
+    np.testing.assert_array_equal(generate(lora, prompt, 6), unmerged)  # float64: merging changes no token
+    lora.unmerge_adapter()
+    with lora.disable_adapter(), no_grad():
+        assert Decoder.for_model(lora) is not None
+        plain = Transformer(tiny(), dtype="float64", seed=9)  # the same base weights, no adapter
+        np.testing.assert_array_equal(generate(lora, prompt, 6), generate(plain, prompt, 6))
 
 
 def test_one_causal_query_needs_no_mask():
