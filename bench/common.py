@@ -5,7 +5,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 
@@ -19,14 +18,10 @@ def median(values) -> float:
 
 
 def write_json(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The results as indented JSON, written atomically (minilora's one writer: io/atomic.py)."""
+    from minilora.io.atomic import write_text_atomic
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -75,7 +75,7 @@ class LoraModel(Module):
         self._check_new_adapter(adapter_name, config, LoraConfig)
         inject_adapter(self.model, config, adapter_name, seed=self.seed)
         self.peft_config[adapter_name] = config
-        self._mark_trainable()
+        self.mark_trainable()
 
     def set_adapter(self, adapter_names) -> None:
         """Make one adapter (str) or several (list; their deltas add) active and trainable."""
@@ -88,7 +88,7 @@ class LoraModel(Module):
             layer.active_adapters = [n for n in names if n in layer.r]
         for _, wrapper in save_wrappers(self.model):
             wrapper.set_adapter(names)
-        self._mark_trainable()
+        self.mark_trainable()
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter everywhere; if it was active, the first remaining adapter becomes active."""
@@ -111,7 +111,7 @@ class LoraModel(Module):
         if remaining:
             self.set_adapter(remaining)
 
-    def _mark_trainable(self) -> None:
+    def mark_trainable(self) -> None:
         """Freeze everything, then unfreeze active adapters, chosen biases and modules_to_save copies."""
         for _, p in self.model.named_parameters():
             p.requires_grad = False

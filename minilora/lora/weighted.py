@@ -67,7 +67,7 @@ def add_weighted_adapter(lora_model, adapters, weights, adapter_name: str, combi
         configs[0], r=r, lora_alpha=r, use_rslora=False, rank_pattern=pattern, alpha_pattern=dict(pattern),
         target_modules=sorted(ranks), exclude_modules=None, layers_to_transform=None, layers_pattern=None,
         modules_to_save=None, lora_dropout=0.0)
-    lora_model._mark_trainable()
+    lora_model.mark_trainable()
 
 
 def _svd_factors(layer, present, svd_rank, xp):

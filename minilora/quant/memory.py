@@ -16,19 +16,19 @@ from __future__ import annotations
 
 from ..nn import Module
 from .linear4bit import Linear4bit
-from .state import _nbytes
+from .state import array_nbytes
 
 
 def _quantized_layer(layer: Linear4bit) -> dict:
     state = layer.quant_state
-    parts = {"packed": _nbytes(layer.weight), **state.nbytes()}
+    parts = {"packed": array_nbytes(layer.weight), **state.nbytes()}
     codes = parts.pop("code") + parts.pop("code2", 0)
     n = state.numel
     storage = sum(parts.values())
     return {"params": n, "quant_type": state.quant_type, "blocksize": state.blocksize,
             "double_quant": state.nested, "bytes": parts, "total_bytes": storage,
             "bits_per_param": 8.0 * storage / n, "bits_per_param_with_codes": 8.0 * (storage + codes) / n,
-            "bias_bytes": 0 if layer.bias is None else _nbytes(layer.bias.data)}
+            "bias_bytes": 0 if layer.bias is None else array_nbytes(layer.bias.data)}
 
 
 def model_memory_report(model: Module) -> dict:
@@ -42,11 +42,11 @@ def model_memory_report(model: Module) -> dict:
             for code in (state.code, state.state2.code if state.nested else None):
                 if code is not None and id(code) not in seen:
                     seen.add(id(code))
-                    codes_bytes += _nbytes(code)
+                    codes_bytes += array_nbytes(code)
     float_params = float_bytes = 0
     for _, p in model.named_parameters():
         float_params += p.size
-        float_bytes += _nbytes(p.data)
+        float_bytes += array_nbytes(p.data)
     quant_params = sum(v["params"] for v in layers.values())
     quant_bytes = sum(v["total_bytes"] for v in layers.values())
     total = float_bytes + quant_bytes + codes_bytes

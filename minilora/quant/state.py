@@ -57,9 +57,9 @@ class QuantState:
 
     def nbytes(self) -> dict:
         """Bytes of each stored part: absmax, code, and (nested) absmax2, code2, offset."""
-        parts = {"absmax": _nbytes(self.absmax), "code": _nbytes(self.code)}
+        parts = {"absmax": array_nbytes(self.absmax), "code": array_nbytes(self.code)}
         if self.nested:
-            parts.update(absmax2=_nbytes(self.state2.absmax), code2=_nbytes(self.state2.code), offset=4)
+            parts.update(absmax2=array_nbytes(self.state2.absmax), code2=array_nbytes(self.state2.code), offset=4)
         return parts
 
     # ------------------------------------------------------------ serialization
@@ -111,7 +111,8 @@ class QuantState:
                    offset=offset, state2=state2)
 
 
-def _nbytes(a) -> int:
+def array_nbytes(a) -> int:
+    """Bytes of an array of any backend (0 for None), from its shape and dtype."""
     if a is None:
         return 0
     size = math.prod(a.shape)

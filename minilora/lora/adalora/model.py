@@ -56,7 +56,7 @@ class AdaLoraModel(LoraModel):
                                config.init_lora_weights, seed=layer_seed(self.seed, path, adapter_name))
         add_modules_to_save(self.model, config, adapter_name)
         self.peft_config[adapter_name] = config
-        self._mark_trainable()
+        self.mark_trainable()
 
     def svd_layers(self, adapter_name: str | None = None) -> list:
         """[(path, SVDLinear)] holding ``adapter_name`` (default: the trainable or first adapter)."""
