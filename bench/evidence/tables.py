@@ -93,13 +93,13 @@ def intrinsic_rank(data: dict) -> list:
 
 
 def summary_table(data: dict) -> list:
-    lines = ["| method | trainable | peak training memory MiB | s/step | held-out ppl |", "|---|---|---|---|---|"]
+    lines = ["| method | lr | trainable | peak training memory MiB | s/step | held-out ppl |", "|---|---|---|---|---|---|"]
     for r in data["rows"]:
         if r["method"] == "base":
-            lines.append(f"| base model | 0 | - | - | {r['ppl']:.3f} |")
+            lines.append(f"| base model | - | 0 | - | - | {r['ppl']:.3f} |")
         else:
-            lines.append(f"| {r['method']} | {r['trainable']:,} | {r['peak_mib']:.0f} | {r['step_s']:.2f} | "
-                         f"{r['ppl']:.3f} |")
+            lines.append(f"| {r['method']} | {r.get('lr', data['lr']):g} | {r['trainable']:,} | {r['peak_mib']:.0f} | "
+                         f"{r['step_s']:.2f} | {r['ppl']:.3f} |")
     return lines
 
 
