@@ -2,7 +2,8 @@
 from .config import CONFIG_CLASSES, LoraConfig, config_from_dict, lora_scaling
 from .inject import ModulesToSaveWrapper, find_targets, inject_adapter, lora_layers
 from .embedding import LoRAEmbedding
-from .layers import AdapterDict, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name, is_quantized
+from .base_weight import is_quantized
+from .layers import AdapterDict, LoRAFactor, LoRALayer, LoRALinear, check_adapter_name
 from .model import MODEL_CLASSES, LoraModel, get_lora_model, register_model_class
 from .adapter_state import AdapterLoadError, adapter_parameters
 from .save_load import adapter_state_dict, load_adapter, read_adapter, save_adapter

@@ -58,7 +58,8 @@ def is_dora(layer, name: str) -> bool:
 def add_magnitude(layer, name: str) -> None:
     """m = ||W0 + s B A||_c for adapter ``name`` (its factors and scaling exist already), stored as a
     bare Parameter so its saved key is PEFT's ``<path>.lora_magnitude_vector``."""
-    from .layers import AdapterDict, base_weight
+    from .base_weight import base_weight
+    from .layers import AdapterDict
     if MAGNITUDE_KEY not in vars(layer):
         setattr(layer, MAGNITUDE_KEY, AdapterDict())
     norm = weight_norm(layer.xp, base_weight(layer.base_layer), layer.delta_weight(name))
@@ -72,7 +73,7 @@ def increment(layer, name: str, x: Tensor, y: Tensor) -> Tensor:
     several active adapters it holds the earlier ones too, so DoRA adapters compose as their merges
     do); with dropout it is dropout(x) W0^T, the adapter seeing the same dropped-out input.
     """
-    from .layers import base_weight
+    from .base_weight import base_weight
     xp, scaling = layer.xp, layer.scaling[name]
     a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
     weight = base_weight(layer.base_layer)  # (d_out, d_in), dequantized for a 4-bit base

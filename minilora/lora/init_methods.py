@@ -153,7 +153,7 @@ def init_from_base(layer, name: str, init_lora_weights, loftq_config, seed: int)
     from ..quant.linear4bit import Linear4bit
     from ..quant.quantize import dequantize_4bit, quantize_4bit
     from ..backend import Random
-    from .layers import base_weight, is_quantized
+    from .base_weight import base_weight, is_quantized
     kind, niter = parse_init(init_lora_weights)
     xp, r, scaling, base = layer.xp, layer.r[name], layer.scaling[name], layer.base_layer
     bias = getattr(base, "bias", None)

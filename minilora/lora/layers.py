@@ -32,6 +32,7 @@ from ..errors import UnsafePathError
 from ..nn import Module, Parameter
 from ..tensor import Tensor
 from . import dora
+from .base_weight import base_weight, dtype_and_xp, is_quantized, set_base_weight
 from .config import lora_scaling
 from .init_methods import WEIGHT_AWARE, init_from_base, parse_init
 from .mixed_batch import row_masks, rows_only
@@ -83,37 +84,6 @@ class LoRAFactor(Module):
         self.weight = Parameter(weight)
 
 
-# ---------------------------------------------------------------- the base-weight hook
-def is_quantized(base) -> bool:
-    """A base that can only give its weight back through ``dequantize()`` (e.g. Linear4bit)."""
-    return callable(getattr(base, "dequantize", None))
-
-
-def base_weight(base):
-    """The base's float weight array (d_out, d_in), dequantized for a quantized base."""
-    if is_quantized(base):
-        w = base.dequantize()
-        return w.data if isinstance(w, Tensor) else w
-    return base.weight.data
-
-
-def set_base_weight(base, weight) -> None:
-    """Write a merged weight into the base. Quantized bases cannot take one back (yet)."""
-    if is_quantized(base):
-        raise ValueError(f"cannot merge an adapter in place into a quantized base ({type(base).__name__}): "
-                         "use merge_and_unload(), which returns a float layer holding dequantize() + scaling * B A")
-    base.weight.data = weight
-
-
-def _dtype_and_xp(base):
-    w = getattr(base, "weight", None)
-    if isinstance(w, Tensor) and not is_quantized(base):
-        return w.dtype, w.xp
-    w = base_weight(base)  # a quantized base: adapters take its compute dtype (else its dequantized dtype)
-    dtype = getattr(base, "compute_dtype", None)
-    return (w.dtype if dtype is None else dtype), backend.namespace_of(w)
-
-
 class LoRALayer(Module):
     """What every LoRA layer shares: adapters by name, active set, merge bookkeeping, the checks.
 
@@ -148,7 +118,7 @@ class LoRALayer(Module):
         self.row_adapters = None  # one adapter name per batch row, set only by mixed_batch()
         self.merged_adapters: list = []  # in merge order; unmerge pops from the end (LIFO)
         self.adapters_disabled = False
-        dtype, xp = _dtype_and_xp(base)
+        dtype, xp = dtype_and_xp(base)
         self.dtype, self._rng_seed = dtype, rng_seed
         self.rng = backend.Random(rng_seed, xp=xp)  # dropout masks
 

@@ -15,7 +15,8 @@ from ..tensor import no_grad
 from .adapter_state import adapter_parameters, copy_into, expected_shapes, host_arrays
 from .config import LoraConfig
 from .inject import inject_adapter, lora_layer_class, lora_layers, save_wrappers
-from .layers import check_adapter_name, is_quantized
+from .base_weight import is_quantized
+from .layers import check_adapter_name
 from .mixed_batch import mixed_batch
 
 
