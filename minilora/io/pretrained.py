@@ -97,6 +97,7 @@ def load_pretrained(name_or_path="smollm2-135m", dtype="float32", quantize=None)
         from .gguf import open_gguf
         config, tokenizer_meta, tensors = open_gguf(path)
         tokenizer = Tokenizer.from_gguf_metadata(tokenizer_meta, source=path)
+        del tokenizer_meta  # the vocabulary and merges as lists: not alive while the weights load
     else:
         from .hf_checkpoint import load_hf_checkpoint
         config, state = load_hf_checkpoint(path)

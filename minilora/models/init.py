@@ -21,14 +21,23 @@ def init_linear(d_in: int, d_out: int, bias: bool, dtype, rng, std: float = INIT
 
 
 class Zeros:
-    """Stands in for a backend.Random where a draw would be overwritten at once (weights about to be
-    loaded, or drawn again with another distribution): every draw is zeros, and costs nothing."""
+    """Stands in for a backend.Random where a draw would be replaced at once (weights about to be
+    loaded, or drawn again with another distribution): every draw is a read-only zero placeholder,
+    a broadcast view of one zero that holds no memory.
+
+    Real zero arrays cost memory when the allocator hands out space an earlier step freed (calloc
+    then clears it): built after a GGUF header was parsed, a SmolLM2 of zeros was 114 MiB resident
+    before its first tensor arrived. Whatever loads the weights rebinds each parameter's array.
+    """
 
     def __init__(self, xp):
         self.xp = xp
 
     def normal(self, shape, std=1.0, dtype=None, mean=0.0):
-        return self.xp.zeros(shape, dtype=dtype)
+        return self._placeholder(shape, dtype)
 
     def uniform(self, shape, low=0.0, high=1.0, dtype=None):
-        return self.xp.zeros(shape, dtype=dtype)
+        return self._placeholder(shape, dtype)
+
+    def _placeholder(self, shape, dtype):
+        return self.xp.broadcast_to(self.xp.zeros((), dtype=dtype), tuple(shape))

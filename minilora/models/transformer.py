@@ -110,8 +110,8 @@ class Transformer(Module):
     """The decoder with its language-model head: forward(input_ids, cache=None) -> logits (B, T, V).
 
     dtype: an xp dtype or its name ("float32", "float64"); default float32. seed: the init seed.
-    init: False leaves every weight at zero (no random draws, and zero pages are not resident until
-    written) for a load_state_dict that follows. Weights are created in the current backend
+    init: False makes every weight a read-only zero placeholder (models/init.py ``Zeros``: no random
+    draws and no memory) for a load_state_dict that follows. Weights are created in the current backend
     (``minilora.use_backend``).
     """
 

@@ -17,6 +17,17 @@ def test_init_false_leaves_every_weight_at_zero_and_init_true_draws():
             assert not np.any(p.data) and np.any(q.data), name
 
 
+def test_init_false_placeholders_hold_no_memory_until_loaded():
+    """Zero arrays would be made resident by calloc where the heap reuses freed space (114 MiB for
+    SmolLM2 after a GGUF header); the placeholders are broadcast views of one zero instead."""
+    model = Transformer(ModelConfig(**CONFIG), init=False)
+    for name, p in model.named_parameters():
+        if "norm" not in name:
+            assert all(s == 0 for s in p.data.strides) and not p.data.flags.writeable, name
+    model.load_state_dict(Transformer(ModelConfig(**CONFIG), seed=3).state_dict())  # loading rebinds them
+    assert all(p.data.flags.writeable for p in model.parameters())
+
+
 def test_load_state_dict_copy_false_shares_and_copy_true_copies():
     source = Transformer(ModelConfig(**CONFIG), seed=1).state_dict()
     shared, copied = Transformer(ModelConfig(**CONFIG), init=False), Transformer(ModelConfig(**CONFIG), init=False)
