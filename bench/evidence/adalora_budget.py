@@ -61,9 +61,9 @@ def main(argv=None):
     ppl = by_label(rows, "text", "ppl")
     shown = min((c["label"] for c in cells()[1:]), key=lambda label: spread(ppl[label])["mean"])
     kept = [r["text"]["kept_ranks"] for r in rows if r.get("label") == shown]
-    layers, modules, ranks = rank_table(kept[0])
-    share = {m: float(ranks[i].sum() / ranks.sum()) for i, m in enumerate(modules)}
-    mean_grid = np.mean([rank_table(k)[2] for k in kept], axis=0)
+    layers, modules, _ = rank_table(kept[0])
+    mean_grid = np.mean([rank_table(k)[2] for k in kept], axis=0)  # (module types, layers), over seeds
+    share = {m: float(mean_grid[i].sum() / mean_grid.sum()) for i, m in enumerate(modules)}
     out.write(NAME, setup, {**extra, "steps": steps, "task_steps": b.task_steps, "seeds": list(seeds),
                             "complete": True, "rows": rows, "rank_figure_from": shown, "budget_share_per_module": share,
                             "mean_kept_rank": {"layers": layers, "modules": modules, "ranks": mean_grid}})
