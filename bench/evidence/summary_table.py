@@ -13,7 +13,7 @@ from minilora.lora import LoraConfig
 
 from .adalora_budget import adalora_config
 from .qlora_vs_lora import ALL_LINEAR, nf4
-from .report import Output, parse_args, say
+from .report import Output, parse_args, pyplot, save_figure, say
 from .runs import base_row, memory_run, text_run
 from .setup import Setup
 
@@ -46,6 +46,33 @@ def main(argv=None):
             f"{run['step_s']:.2f} s/step, ppl {run['ppl']:.3f}")
         out.write(NAME, setup, {"lr": LR, "steps": steps, "seed": seed, "modules": ALL_LINEAR, "rows": rows,
                                 "complete": index == len(chosen) - 1})
+    plot(rows, out.figure_path(NAME))
+
+
+def plot(rows, path):
+    """Four panels, one bar per method: trainable parameters, peak memory, s/step, held-out ppl."""
+    plt = pyplot()
+    base, trained = rows[0], rows[1:]
+    names = [r["method"] for r in trained]
+    at = range(len(trained))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    axes[0].bar(at, [r["trainable"] / 1e6 for r in trained])
+    axes[0].set_title("trainable parameters (M)")
+    weights = [r["memory"]["weights_mib"] for r in trained]
+    axes[1].bar(at, weights, label="weights at rest")
+    axes[1].bar(at, [r["memory"]["training_peak_mib"] for r in trained], bottom=weights, label="training step peak")
+    axes[1].set_title("peak training memory (MiB)")
+    axes[1].legend(fontsize=7)
+    axes[2].bar(at, [r["step_s"] for r in trained])
+    axes[2].set_title("seconds per step (one run, noisy)")
+    axes[3].bar(at, [r["ppl"] for r in trained])
+    axes[3].axhline(base["ppl"], color="gray", linestyle="--", label=f"base {base['ppl']:.1f}")
+    axes[3].set_title("held-out perplexity")
+    axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xticks(at, names, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

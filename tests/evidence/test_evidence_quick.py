@@ -16,7 +16,7 @@ from bench.evidence.data import HELD_OUT, shakespeare_plays, split_plays, strip_
 FIGURES = {"merge_latency": ["merge_latency"], "qlora_dtypes": ["qlora_dtypes"],
            "intrinsic_rank": ["intrinsic_rank_subspace", "intrinsic_rank_subspace_b", "intrinsic_rank_spectrum"], "rank_sweep": ["rank_sweep"],
            "which_weights": ["which_weights"], "loraplus_grid": ["loraplus_grid"],
-           "qlora_vs_lora": ["qlora_vs_lora"], "adalora_budget": ["adalora_budget"], "summary_table": []}
+           "qlora_vs_lora": ["qlora_vs_lora"], "adalora_budget": ["adalora_budget"], "summary_table": ["summary_table"]}
 
 
 @pytest.fixture(scope="module")
