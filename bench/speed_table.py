@@ -1,7 +1,8 @@
 """The goals table of docs/speed.md (row, minilora, torch, ratio, goal, met), printed as Markdown
 from the bench JSON files: compare_torch_train.json (training steps and peak RSS: compare_torch.py
 --tasks lora,lora_ckpt,qlora,qlora_ckpt --json ...), compare_torch.json (generation), bench_quant.json
-(dequantize rate against bitsandbytes in the same run) and bench_step.json (LoRA step against the
+(dequantize rate against bitsandbytes in the same run), bench_generate.json (decoding against the
+bandwidth limit) and bench_step.json (LoRA step against the
 shape-matched matmul peak). A file or row that is missing prints as a row marked "not measured".
 
 Usage: python bench/speed_table.py [--results bench/results]
@@ -85,6 +86,16 @@ def rows(folder: str) -> list:
     else:
         out.append(_line("generation, greedy, KV cache", f"{g['minilora_tok_s']:.1f} tok/s",
                          f"{g['torch_tok_s']:.1f} tok/s", f"{g['speed_ratio']:.2f}", ">= 2x", g["speed_ratio"] >= 2))
+    bg = _load(folder, "bench_generate.json")
+    label = "generation vs this machine's bandwidth limit (bench_generate)"
+    if bg is None:
+        out.append(_line(label, "not measured", "", "", ">= 70%", None))
+    else:
+        bandwidth = bg["gemv_bandwidth_gb_s"][str(bg["gemv_threads"])]
+        out.append(_line(f"{label}: {bg['bytes_per_token'] / 1e6:.1f} MB of weights per token / {bandwidth:.1f} GB/s"
+                         f" GEMV = {bg['limit_tok_s']:.1f} tok/s", f"{bg['minilora_tok_s']:.1f} tok/s = "
+                         f"{bg['fraction_of_limit']:.0%} (decoding alone {bg['decode_fraction_of_limit']:.0%})",
+                         "", "", ">= 70%", bg["fraction_of_limit"] >= 0.7))
     bs = _load(folder, "bench_step.json")
     fraction = (bs or {}).get("fraction_of_peak")
     out.append(_line("LoRA step vs shape-matched matmul peak (bench_step)",
