@@ -46,7 +46,7 @@ def set_blas_threads(n: int) -> None:
             lib.set_num_threads(n)
 
 
-def _crowded(cores: int) -> bool:
+def machine_is_crowded(cores: int) -> bool:
     """True when the 1-minute load average says other work already fills every core."""
     return hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores + 1  # our own threads count too
 
@@ -78,14 +78,14 @@ class ThreadChooser:
     def prefill(self) -> None:
         """Before a step over many positions (GEMMs): every thread, unless the machine is crowded."""
         if self.active:
-            set_blas_threads(1 if _crowded(self.cores) else self.candidates[0])
+            set_blas_threads(1 if machine_is_crowded(self.cores) else self.candidates[0])
 
     def begin(self) -> None:
         if not self.active:
             return
         phase = self.step % self.period
         if phase == 0:
-            self.probing = not _crowded(self.cores)
+            self.probing = not machine_is_crowded(self.cores)
             self.totals = {n: 0.0 for n in self.candidates}
             if not self.probing:
                 self.best = 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from .. import backend
 from .codebooks import sorted_midpoints
+from .threaded import over_blocks
 
 ABSMAX_FLOOR = 1e-38  # bitsandbytes clamps the divisor, so all-zero blocks give 0 / 1e-38 = 0
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -122,14 +123,19 @@ def dequantize_blocks_4bit(xp, packed, absmax, n: int, blocksize: int, code, out
     ``out``: an optional float32 (n,) array to write into (NumPy; a buffer reused across layers).
     NumPy fast path, for whole bytes and whole blocks: the (256, 2) byte table viewed as 8-byte
     words, gathered straight into the output (``take(mode="clip")`` writes unbuffered; the uint8
-    indices cannot be out of range), then one in-place multiply by absmax per block. Elsewhere:
-    the same table gathered row-wise. Both give the same float32 products, bit for bit.
+    indices cannot be out of range), then one in-place multiply by absmax per block, on runs of
+    blocks split over threads (quant/threaded.py). Elsewhere: the same table gathered row-wise.
+    All give the same float32 products, bit for bit.
     """
     if backend.backend_name(xp) == "numpy" and n % 2 == 0 and n % blocksize == 0:
         out = xp.empty((n,), dtype=xp.float32) if out is None else out
-        xp.take(_pair_table(xp, code), packed, out=out.view(xp.uint64), mode="clip")
+        table, words, half = _pair_table(xp, code), out.view(xp.uint64), blocksize // 2
         blocks = xp.reshape(out, (n // blocksize, blocksize))  # a view of out
-        blocks *= absmax[:, None]
+
+        def decode(lo, hi):  # blocks [lo, hi): bytes [lo * half, hi * half)
+            xp.take(table, packed[lo * half:hi * half], out=words[lo * half:hi * half], mode="clip")
+            blocks[lo:hi] *= absmax[lo:hi, None]
+        over_blocks(decode, n // blocksize, n)
         return out
     values = xp.reshape(xp.take(byte_table(xp, code), packed, axis=0), (-1,))  # (2 * n_bytes,)
     blocks = to_blocks(xp, values[:n], blocksize)  # (n_blocks, blocksize)

@@ -93,7 +93,7 @@ def test_thread_chooser_keeps_the_faster_count_and_restores(monkeypatch):
     state = {"threads": 2}
     monkeypatch.setattr(blas_threads, "blas_threads", lambda: state["threads"])
     monkeypatch.setattr(blas_threads, "set_blas_threads", lambda n: state.update(threads=n))
-    monkeypatch.setattr(blas_threads, "_crowded", lambda cores: False)
+    monkeypatch.setattr(blas_threads, "machine_is_crowded", lambda cores: False)
     clock = {"t": 0.0}
     monkeypatch.setattr(blas_threads.time, "perf_counter", lambda: clock["t"])
     chooser = blas_threads.ThreadChooser(np, period=10, rounds=2)

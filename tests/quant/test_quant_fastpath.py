@@ -8,7 +8,7 @@ from minilora import backend, nn
 from minilora.models import checkpoint
 from minilora.models.checkpoint import is_recomputing
 from minilora.quant import Linear4bit, dequantize_4bit, quantize_4bit
-from minilora.quant import linear4bit
+from minilora.quant import linear4bit, threaded
 from minilora.quant.blockwise import byte_table, dequantize_blocks_4bit, to_blocks
 from minilora.quant.quantize import dequantized_absmax
 from minilora.tensor import Tensor
@@ -30,6 +30,44 @@ def test_fast_path_equals_the_portable_gather_bit_for_bit(quant_type, double_qua
     got = dequantize_4bit(packed, state)
     assert got.shape == shape and got.dtype == np.float32
     assert got.reshape(-1).tobytes() == _portable(packed, state).tobytes()
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_threads_split_whole_blocks_and_give_the_same_bits(monkeypatch, workers):
+    w = np.random.default_rng(2).standard_normal((37, 128)).astype(np.float32)  # 74 blocks of 64
+    packed, state = quantize_4bit(w, double_quant=True)
+    one = dequantize_4bit(packed, state)
+    seen = []
+    real = threaded.block_ranges
+    monkeypatch.setattr(threaded, "worker_count", lambda n_values: workers)
+    monkeypatch.setattr(threaded, "block_ranges", lambda n, parts: seen.append(real(n, parts)) or seen[-1])
+    got = dequantize_4bit(packed, state)
+    assert got.tobytes() == one.tobytes() == _portable(packed, state).reshape(w.shape).tobytes()
+    assert len(seen[0]) == workers and seen[0][0][0] == 0 and seen[0][-1][1] == 74
+    assert all(hi == lo for (_, hi), (lo, _) in zip(seen[0], seen[0][1:]))  # contiguous, no overlap
+
+
+def test_worker_count_stays_at_one_for_small_weights_one_blas_thread_or_a_crowded_machine(monkeypatch):
+    monkeypatch.setattr(threaded, "cores", lambda: 4)
+    monkeypatch.setattr(threaded, "machine_is_crowded", lambda cores: False)
+    monkeypatch.setattr(threaded, "blas_threads", lambda: 2)
+    assert threaded.worker_count(threaded.MIN_VALUES - 1) == 1
+    assert threaded.worker_count(threaded.MIN_VALUES) == 2
+    monkeypatch.setattr(threaded, "blas_threads", lambda: 8)
+    assert threaded.worker_count(1 << 24) == 4  # never more threads than cores
+    monkeypatch.setattr(threaded, "blas_threads", lambda: None)  # BLAS count unknown: stay single
+    assert threaded.worker_count(1 << 24) == 1
+    monkeypatch.setattr(threaded, "blas_threads", lambda: 2)
+    monkeypatch.setattr(threaded, "machine_is_crowded", lambda cores: True)
+    assert threaded.worker_count(1 << 24) == 1
+
+
+def test_a_failing_part_raises_in_the_caller():
+    def part(lo, hi):
+        if lo > 0:
+            raise RuntimeError(f"part {lo}")
+    with pytest.raises(RuntimeError, match="part"):
+        threaded.over_blocks(part, 10, 10, workers=2)
 
 
 def test_out_buffer_is_written_and_checked():
