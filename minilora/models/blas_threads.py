@@ -7,7 +7,9 @@ thread can be several times faster than two (measured on a loaded 2-core machine
 tokens/s). So ``ThreadChooser`` tries each candidate count on real steps and keeps the fastest,
 probing again every ``period`` steps as the load moves. A probe of several threads can itself cost
 seconds on a crowded machine, so while the 1-minute load average already fills every core the
-chooser stays at one thread without probing.
+chooser stays at one thread without probing. A probe's winner also stands for ``REUSE_SECONDS``
+across calls: a new generation started within that time (a server, a benchmark's rounds, a chat
+turn) takes it without probing again (a probe costs about 2% of a 64-token run: measured A/B).
 
 The count is set through threadpoolctl (the ``fast`` extra) on NumPy's BLAS; without threadpoolctl,
 or on another backend, it stays what the environment (OPENBLAS_NUM_THREADS, ...) made it.
@@ -46,6 +48,10 @@ def set_blas_threads(n: int) -> None:
             lib.set_num_threads(n)
 
 
+REUSE_SECONDS = 10.0
+_LAST_CHOICE: dict = {}  # {"count": n, "at": perf_counter seconds} of the latest probe's winner
+
+
 def machine_is_crowded(cores: int) -> bool:
     """True when the 1-minute load average says other work already fills every core."""
     return hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores + 1  # our own threads count too
@@ -57,7 +63,8 @@ class ThreadChooser:
 
     Each probe round runs ``rounds`` steps per candidate (interleaved), then the candidate with the
     smallest total keeps the count until the next probe, ``period`` steps later; a crowded machine
-    skips the probe and takes one thread. ``restore()`` puts back the count found at construction.
+    skips the probe and takes one thread, and a winner younger than REUSE_SECONDS (from this chooser
+    or an earlier one) stands in for the probe. ``restore()`` puts back the count found at construction.
     Inactive (does nothing) when the count cannot be set.
     """
 
@@ -85,10 +92,12 @@ class ThreadChooser:
             return
         phase = self.step % self.period
         if phase == 0:
-            self.probing = not machine_is_crowded(self.cores)
             self.totals = {n: 0.0 for n in self.candidates}
+            crowded = machine_is_crowded(self.cores)
+            recent = None if crowded else self._recent_choice()
+            self.probing = not crowded and recent is None
             if not self.probing:
-                self.best = 1
+                self.best = 1 if crowded else recent
         self.probing = self.probing and phase < self.rounds * len(self.candidates)
         self.current = self.candidates[phase % len(self.candidates)] if self.probing else self.best
         set_blas_threads(self.current)
@@ -101,7 +110,15 @@ class ThreadChooser:
             self.totals[self.current] += time.perf_counter() - self._t0
             if self.step % self.period == self.rounds * len(self.candidates) - 1:
                 self.best = min(self.totals, key=self.totals.get)
+                _LAST_CHOICE.update(count=self.best, at=time.perf_counter())
         self.step += 1
+
+    def _recent_choice(self) -> int | None:
+        """The latest probe's winner when it is younger than REUSE_SECONDS and one of our candidates."""
+        at = _LAST_CHOICE.get("at")
+        if at is None or time.perf_counter() - at >= REUSE_SECONDS or _LAST_CHOICE["count"] not in self.candidates:
+            return None
+        return _LAST_CHOICE["count"]
 
     def restore(self) -> None:
         if self.active:

@@ -94,19 +94,26 @@ def test_thread_chooser_keeps_the_faster_count_and_restores(monkeypatch):
     monkeypatch.setattr(blas_threads, "blas_threads", lambda: state["threads"])
     monkeypatch.setattr(blas_threads, "set_blas_threads", lambda n: state.update(threads=n))
     monkeypatch.setattr(blas_threads, "machine_is_crowded", lambda cores: False)
-    clock = {"t": 0.0}
+    monkeypatch.setattr(blas_threads, "_LAST_CHOICE", {})
+    clock = {"t": 100.0}
     monkeypatch.setattr(blas_threads.time, "perf_counter", lambda: clock["t"])
-    chooser = blas_threads.ThreadChooser(np, period=10, rounds=2)
-    chooser.cores = chooser.candidates[0] = 2
-    used = []
-    for _ in range(6):
-        chooser.begin()
-        used.append(state["threads"])
-        clock["t"] += 1.0 if state["threads"] == 2 else 0.25  # one thread is faster here
-        chooser.end()
-    assert used == [2, 1, 2, 1, 1, 1]
-    chooser.restore()
-    assert state["threads"] == 2
+
+    def run(steps):
+        chooser = blas_threads.ThreadChooser(np, period=10, rounds=2)
+        chooser.cores = chooser.candidates[0] = 2
+        used = []
+        for _ in range(steps):
+            chooser.begin()
+            used.append(state["threads"])
+            clock["t"] += 1.0 if state["threads"] == 2 else 0.25  # one thread is faster here
+            chooser.end()
+        chooser.restore()
+        assert state["threads"] == 2
+        return used
+    assert run(6) == [2, 1, 2, 1, 1, 1]
+    assert run(3) == [1, 1, 1]  # a call soon after takes the recent winner without probing
+    clock["t"] += blas_threads.REUSE_SECONDS
+    assert run(4) == [2, 1, 2, 1]  # an old winner is probed again
 
 
 def test_generation_leaves_the_blas_thread_count_as_it_was():
