@@ -38,22 +38,22 @@ def _xp(*arrays):
 @primitive()
 def add(a, b):
     """y = a + b. VJP: ga = g, gb = g (broadcast dims summed)."""
-    xp = _xp(a, b)
+    xp, sa, sb = _xp(a, b), _shape(a), _shape(b)  # the VJP keeps shapes, not the inputs
 
     def vjp(g, needs):
-        return (unbroadcast(xp, g, _shape(a)) if needs[0] else None,
-                unbroadcast(xp, g, _shape(b)) if needs[1] else None)
+        return (unbroadcast(xp, g, sa) if needs[0] else None,
+                unbroadcast(xp, g, sb) if needs[1] else None)
     return a + b, vjp
 
 
 @primitive()
 def sub(a, b):
     """y = a - b. VJP: ga = g, gb = -g."""
-    xp = _xp(a, b)
+    xp, sa, sb = _xp(a, b), _shape(a), _shape(b)  # the VJP keeps shapes, not the inputs
 
     def vjp(g, needs):
-        return (unbroadcast(xp, g, _shape(a)) if needs[0] else None,
-                unbroadcast(xp, -g, _shape(b)) if needs[1] else None)
+        return (unbroadcast(xp, g, sa) if needs[0] else None,
+                unbroadcast(xp, -g, sb) if needs[1] else None)
     return a - b, vjp
 
 
@@ -177,21 +177,21 @@ def _expand_to(xp, g, shape, axes, keepdims):
 def sum(a, axis=None, keepdims=False):
     """y = sum of a over ``axis``. VJP: ga = g broadcast back over the summed axes."""
     xp = _xp(a)
-    axes = _normalize_axes(axis, a.ndim)
+    axes, shape = _normalize_axes(axis, a.ndim), tuple(a.shape)  # the VJP keeps the shape, not a
     return (xp.sum(a, axis=axes, keepdims=keepdims),
-            lambda g, needs: (_expand_to(xp, g, a.shape, axes, keepdims),))
+            lambda g, needs: (_expand_to(xp, g, shape, axes, keepdims),))
 
 
 @primitive()
 def mean(a, axis=None, keepdims=False):
     """y = mean of a over ``axis`` (n elements each). VJP: ga = g / n broadcast back."""
     xp = _xp(a)
-    axes = _normalize_axes(axis, a.ndim)
+    axes, shape = _normalize_axes(axis, a.ndim), tuple(a.shape)  # the VJP keeps the shape, not a
     n = 1
     for i in axes:
-        n *= a.shape[i]
+        n *= shape[i]
     return (xp.mean(a, axis=axes, keepdims=keepdims),
-            lambda g, needs: (_expand_to(xp, g / n, a.shape, axes, keepdims),))
+            lambda g, needs: (_expand_to(xp, g / n, shape, axes, keepdims),))
 
 
 @primitive()
@@ -219,7 +219,8 @@ def reshape(a, shape):
         y = xp.reshape(a, tuple(shape))
     except ValueError as exc:
         raise ValueError(f"reshape: cannot view shape {tuple(a.shape)} as {tuple(shape)}") from exc
-    return y, lambda g, needs: (xp.reshape(g, tuple(a.shape)),)
+    before = tuple(a.shape)
+    return y, lambda g, needs: (xp.reshape(g, before),)
 
 
 @primitive()
@@ -237,7 +238,8 @@ def permute(a, axes):
 def broadcast_to(a, shape):
     """y = a broadcast to ``shape``. VJP: ga = g summed over the broadcast dimensions."""
     xp = _xp(a)
-    return xp.broadcast_to(a, tuple(shape)), lambda g, needs: (unbroadcast(xp, g, a.shape),)
+    before = tuple(a.shape)
+    return xp.broadcast_to(a, tuple(shape)), lambda g, needs: (unbroadcast(xp, g, before),)
 
 
 def _basic_key(key, ndim):

@@ -7,10 +7,12 @@ A ``Tensor`` holds an array ``data`` of some backend, an optional ``grad`` of th
 
 where ``vjp`` maps the output cotangent g to one cotangent per input (None where ``needs[i]`` is
 False). ``apply`` runs a primitive on tensors and, only when gradients are enabled and some input
-requires them, records the output's parents and ``vjp``. Frozen inputs therefore build no graph
-and keep nothing alive. ``backward`` walks the graph once in reverse topological order and frees
-it as it goes (each intermediate drops its parents and closure), so activations die with the step;
-a later backward that reaches a freed node raises instead of silently treating it as a leaf.
+requires them, records the output's parents and ``vjp`` in a ``Node``. Frozen inputs therefore
+build no graph and keep nothing alive. The graph holds Nodes (parents, vjp, shape), never an
+intermediate's array: once the code that computed a tensor drops it, only what its consumers' VJPs
+saved stays alive. ``backward`` walks the graph once in reverse topological order and frees it as
+it goes (each Node drops its parents and closure), so activations die with the step; a later
+backward that reaches a freed node raises instead of silently treating it as a leaf.
 """
 from __future__ import annotations
 
@@ -86,17 +88,35 @@ def apply(prim: Primitive, *inputs, **options) -> "Tensor":
     needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
     if not (any(needs) and is_grad_enabled()):
         return Tensor(out)
+    return record(out, tuple(x if needed else None for x, needed in zip(inputs, needs)), vjp, prim.name)
+
+
+class Node:
+    """An intermediate's place in the graph: its parents (Nodes, leaf Tensors or None), its vjp, the
+    op's name and the output's shape. It holds no array of its own."""
+
+    __slots__ = ("_parents", "_vjp", "_op", "shape", "__weakref__")
+
+    def __init__(self, parents: tuple, vjp, op: str, shape: tuple):
+        self._parents, self._vjp, self._op, self.shape = parents, vjp, op, shape
+
+
+def _graph_ref(x):
+    """What a consumer's Node points to: the Node of an intermediate, the Tensor itself for a leaf."""
+    return x if x is None or x._node is None else x._node
+
+
+def record(out, parents: tuple, vjp, op: str) -> "Tensor":
+    """A Tensor over ``out`` whose gradient flows to ``parents`` (Tensors or None) through ``vjp``."""
     result = Tensor(out, requires_grad=True)
-    result._parents = tuple(x if needed else None for x, needed in zip(inputs, needs))
-    result._vjp = vjp
-    result._op = prim.name
+    result._node = Node(tuple(_graph_ref(x) for x in parents), vjp, op, tuple(out.shape))
     return result
 
 
 class Tensor:
     """An array with an optional gradient. ``grad`` is filled on leaves by ``backward``."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_vjp", "_op", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
     __array_priority__ = 1000  # so that ndarray * Tensor dispatches to Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False):
@@ -107,9 +127,20 @@ class Tensor:
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
-        self._parents = ()
-        self._vjp = None
-        self._op = None
+        self._node = None  # a Node when this tensor is the output of a recorded op
+
+    # the graph facts of this tensor (its Node's; a leaf has none)
+    @property
+    def _parents(self) -> tuple:
+        return () if self._node is None else self._node._parents
+
+    @property
+    def _vjp(self):
+        return None if self._node is None else self._node._vjp
+
+    @property
+    def _op(self):
+        return None if self._node is None else self._node._op
 
     # ------------------------------------------------------------ array-like facts
     @property
@@ -172,7 +203,8 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad "
                                "(no input required grad, or it was made under no_grad())")
-        if _is_freed(self):
+        root = _graph_ref(self)
+        if _is_freed(root):
             raise RuntimeError(_FREED_MESSAGE.format(op=self._op))
         xp = self.xp
         if grad is None:
@@ -186,12 +218,12 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, "
                                  f"expected the output's shape {self.shape}")
-        order = _topological_order(self)
-        grads = {id(self): grad}
+        order = _topological_order(root)
+        grads = {id(root): grad}
         while order:
             node = order.pop()  # reverse topological order; popping lets finished nodes die early
             g = grads.pop(id(node), None)
-            if node._op is None:  # a leaf
+            if isinstance(node, Tensor):  # a leaf
                 if g is not None:
                     g = xp.astype(g, node.data.dtype, copy=True)
                     node.grad = g if node.grad is None else node.grad + g
@@ -256,15 +288,15 @@ _FREED_MESSAGE = ("backward() reached the output of {op!r} whose graph was alrea
 
 
 def _is_freed(node) -> bool:
-    return node._op is not None and node._vjp is None
+    return isinstance(node, Node) and node._vjp is None
 
 
 def _raise_item(shape):
     raise ValueError(f"item() needs a one-element tensor, got shape {shape}")
 
 
-def _topological_order(root: Tensor) -> list:
-    """Nodes reachable from root, each after all of its parents (iterative DFS)."""
+def _topological_order(root) -> list:
+    """Nodes and leaf Tensors reachable from root, each after all of its parents (iterative DFS)."""
     order, seen = [], set()
     stack = [(root, False)]
     while stack:

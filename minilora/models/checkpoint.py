@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 
-from ..tensor import Tensor, enable_grad, is_grad_enabled, no_grad
+from ..tensor import Tensor, enable_grad, is_grad_enabled, no_grad, record
 
 _state = threading.local()
 
@@ -59,8 +59,5 @@ def checkpoint(fn, *inputs, rng=None) -> Tensor:
         return tuple(x.grad if needed else None for x, needed in zip(detached, needs))
 
     # Recorded even when no input requires grad: parameters inside fn may.
-    node = Tensor(out.data, requires_grad=True)
-    node._parents = tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
-    node._vjp = vjp
-    node._op = "checkpoint"
-    return node
+    return record(out.data, tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs),
+                  vjp, "checkpoint")

@@ -129,15 +129,32 @@ def test_frozen_inputs_build_no_graph_and_keep_nothing_alive(xp):
 def test_backward_frees_the_graph(xp):
     x = t(xp, [1.0, 2.0])
     hidden = ops.exp(x)
-    ref = weakref.ref(hidden)
+    tensor_ref, node_ref = weakref.ref(hidden), weakref.ref(hidden._node)
     y = (hidden * 2.0).sum()
     del hidden
     gc.collect()
-    assert ref() is not None  # alive: the graph holds it
+    assert tensor_ref() is None  # the graph keeps the intermediate's Node, not the Tensor
+    assert node_ref() is not None
     y.backward()
     gc.collect()
-    assert ref() is None, "backward left the intermediate alive"
+    assert node_ref() is None, "backward left the intermediate's node alive"
     assert y._parents == () and y._vjp is None
+    assert np.allclose(backend.to_numpy(x.grad), 2 * np.exp([1.0, 2.0]))
+
+
+def test_the_graph_keeps_no_intermediate_array_that_no_vjp_needs(xp):
+    """mul saves its inputs and sum only a shape, so the product's array dies with its Tensor
+    (the graph used to hold every intermediate Tensor, and so every intermediate array, until backward)."""
+    x = t(xp, [1.0, 2.0, 3.0])
+    h = x * 2.0
+    array_ref = weakref.ref(h.data) if backend.backend_name(xp) == "numpy" else None
+    y = h.sum()
+    del h
+    gc.collect()
+    if array_ref is not None:
+        assert array_ref() is None
+    y.backward()
+    assert np.allclose(backend.to_numpy(x.grad), [2.0, 2.0, 2.0])
 
 
 def test_second_backward_through_a_freed_graph_raises(xp):
