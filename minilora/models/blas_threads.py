@@ -52,6 +52,11 @@ REUSE_SECONDS = 10.0
 _LAST_CHOICE: dict = {}  # {"count": n, "at": perf_counter seconds} of the latest probe's winner
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine_is_crowded(cores: int) -> bool:
     """True when the 1-minute load average says other work already fills every core."""
     return hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores + 1  # our own threads count too
@@ -70,7 +75,7 @@ class ThreadChooser:
 
     def __init__(self, xp, period: int = 64, rounds: int = 2):
         self.start = blas_threads() if getattr(xp, "__name__", "") == "numpy" else None
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.cores = usable_cores()
         most = min(self.start, self.cores) if self.start else 1
         self.candidates = [most, 1] if most > 1 else []
         self.period, self.rounds = period, rounds

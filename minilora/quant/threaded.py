@@ -13,24 +13,19 @@ The calling thread runs the first part itself; a small pool, built once, runs th
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
-from ..models.blas_threads import blas_threads, machine_is_crowded
+from ..models.blas_threads import blas_threads, machine_is_crowded, usable_cores
 
 MIN_VALUES = 1 << 18  # 1 MiB of float32 output
 _POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def worker_count(n_values: int) -> int:
     """How many threads a pass over n_values values uses (see the module docstring)."""
     if n_values < MIN_VALUES:
         return 1
-    threads, available = blas_threads() or 1, cores()
+    threads, available = blas_threads() or 1, usable_cores()
     if threads <= 1 or machine_is_crowded(available):
         return 1
     return min(threads, available)

@@ -48,7 +48,7 @@ def test_threads_split_whole_blocks_and_give_the_same_bits(monkeypatch, workers)
 
 
 def test_worker_count_stays_at_one_for_small_weights_one_blas_thread_or_a_crowded_machine(monkeypatch):
-    monkeypatch.setattr(threaded, "cores", lambda: 4)
+    monkeypatch.setattr(threaded, "usable_cores", lambda: 4)
     monkeypatch.setattr(threaded, "machine_is_crowded", lambda cores: False)
     monkeypatch.setattr(threaded, "blas_threads", lambda: 2)
     assert threaded.worker_count(threaded.MIN_VALUES - 1) == 1
