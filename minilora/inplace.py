@@ -39,18 +39,19 @@ def _empty(np, like):
 # ------------------------------------------------------------------ SwiGLU: y = silu(gate) * up
 
 def swiglu(np, gate, up):
-    """(y, s, act): s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2, act = gate * s, y = act * up."""
+    """(y, s): s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2, y = (gate * s) * up, the product taken in place."""
     s = np.multiply(gate, 0.5)
     np.tanh(s, out=s)
     s += 1.0
     s *= 0.5
-    act = np.multiply(gate, s)
-    return np.multiply(act, up), s, act
+    y = np.multiply(gate, s)
+    y *= up
+    return y, s
 
 
-def swiglu_vjp(np, g, gate, up, s, act, need_gate: bool, need_up: bool):
-    """ggate = g * up * s * (1 + gate (1 - s)), gup = g * act (the portable kernel's order)."""
-    ggate = None
+def swiglu_vjp(np, g, gate, up, s, need_gate: bool, need_up: bool):
+    """ggate = g * up * s * (1 + gate (1 - s)), gup = (gate * s) * g (the portable kernel's order)."""
+    ggate = gup = None
     if need_gate:
         ggate = np.subtract(1.0, s)
         ggate *= gate
@@ -58,7 +59,10 @@ def swiglu_vjp(np, g, gate, up, s, act, need_gate: bool, need_up: bool):
         ggate *= s
         ggate *= up
         ggate *= g
-    return ggate, (np.multiply(g, act) if need_up else None)
+    if need_up:
+        gup = np.multiply(gate, s)
+        gup *= g
+    return ggate, gup
 
 
 # ------------------------------------------------------------------ RMSNorm: y = x rstd w

@@ -32,27 +32,29 @@ def _sum_leading(xp, g):
     return xp.sum(xp.reshape(g, (-1, g.shape[-1])), axis=0)
 
 
-@primitive(fused=True)
-def linear(x, weight, bias=None):
+@primitive(fused=True, takes_needs=True)
+def linear(x, weight, bias=None, needs=(True, True, True)):
     """y = x W^T + b.  x (..., d_in), W (d_out, d_in), b (d_out,) -> (..., d_out).
 
     The leading dimensions are folded into one so that each product is a single GEMM.
-    VJP: gx = g W, gW = g^T x, gb = sum of g over the leading dimensions.
+    VJP: gx = g W, gW = g^T x, gb = sum of g over the leading dimensions. Only gW uses x, so a
+    frozen weight (needs[1] False) keeps no reference to the input.
     """
     xp = _xp(x, weight)
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear: input of shape {tuple(x.shape)} does not fit weight of shape "
                          f"{tuple(weight.shape)} (expected input (..., {weight.shape[-1]}))")
-    lead = tuple(x.shape[:-1])
-    x2 = xp.reshape(x, (-1, x.shape[-1]))  # (N, d_in)
+    lead, d_in = tuple(x.shape[:-1]), x.shape[-1]
+    x2 = xp.reshape(x, (-1, d_in))  # (N, d_in)
     y = xp.matmul(x2, weight.mT)  # (N, d_out)
     if bias is not None:
         y = y + bias
+    saved_x = x2 if needs[1] else None
 
     def vjp(g, needs):
         g2 = xp.reshape(g, (-1, g.shape[-1]))  # (N, d_out)
-        gx = xp.reshape(xp.matmul(g2, weight), lead + (x.shape[-1],)) if needs[0] else None
-        gw = xp.matmul(g2.mT, x2) if needs[1] else None
+        gx = xp.reshape(xp.matmul(g2, weight), lead + (d_in,)) if needs[0] else None
+        gw = xp.matmul(g2.mT, saved_x) if needs[1] else None
         gb = xp.sum(g2, axis=0) if (len(needs) > 2 and needs[2]) else None
         return gx, gw, gb
     return xp.reshape(y, lead + (weight.shape[0],)), vjp
@@ -194,20 +196,21 @@ def silu(x):
 def swiglu(gate, up):
     """y = silu(gate) * up (Llama's MLP). VJP: gup = g * silu(gate), ggate = g * up * silu'(gate).
 
-    With s = sigmoid(gate): silu'(gate) = s (1 + gate (1 - s)). In-place updates of fresh arrays keep
-    the number of (N, F) temporaries low: this kernel runs on the widest activations of the model.
+    With s = sigmoid(gate): silu(gate) = gate s and silu'(gate) = s (1 + gate (1 - s)). Saved: gate,
+    up and s; silu(gate) is recomputed in backward (one multiply) rather than kept, which saves one
+    (..., F) array per layer, the widest activations of the model. In-place updates of fresh arrays
+    keep the number of (..., F) temporaries low.
     """
     xp = _xp(gate, up)
     if inplace.enabled(xp) and gate.shape == up.shape and gate.dtype == up.dtype:  # inplace.py: the same numbers
-        y, s, act = inplace.swiglu(xp, gate, up)
-        return y, lambda g, needs: inplace.swiglu_vjp(xp, g, gate, up, s, act, needs[0], needs[1])
+        y, s = inplace.swiglu(xp, gate, up)
+        return y, lambda g, needs: inplace.swiglu_vjp(xp, g, gate, up, s, needs[0], needs[1])
     s = xp.tanh(0.5 * gate)  # (..., F); becomes sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in place
     s += 1.0
     s *= 0.5
-    act = gate * s
 
     def vjp(g, needs):
-        ggate = None
+        ggate = gup = None
         if needs[0]:
             ggate = 1.0 - s
             ggate *= gate
@@ -215,8 +218,11 @@ def swiglu(gate, up):
             ggate *= s
             ggate *= up
             ggate *= g
-        return ggate, (g * act if needs[1] else None)
-    return act * up, vjp
+        if needs[1]:
+            gup = gate * s
+            gup *= g
+        return ggate, gup
+    return (gate * s) * up, vjp
 
 
 @primitive(fused=True)

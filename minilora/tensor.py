@@ -6,7 +6,9 @@ A ``Tensor`` holds an array ``data`` of some backend, an optional ``grad`` of th
     forward(*arrays, **options) -> (out, vjp)        vjp(g, needs) -> (grad_input_0, ...)
 
 where ``vjp`` maps the output cotangent g to one cotangent per input (None where ``needs[i]`` is
-False). ``apply`` runs a primitive on tensors and, only when gradients are enabled and some input
+False). A primitive registered with ``takes_needs=True`` also receives ``needs`` in its forward
+(all False when no graph is recorded), so that it saves only what the asked-for gradients use: a
+frozen weight's linear keeps no copy of its input. ``apply`` runs a primitive on tensors and, only when gradients are enabled and some input
 requires them, records the output's parents and ``vjp`` in a ``Node``. Frozen inputs therefore
 build no graph and keep nothing alive. The graph holds Nodes (parents, vjp, shape), never an
 intermediate's array: once the code that computed a tensor drops it, only what its consumers' VJPs
@@ -56,18 +58,19 @@ class Primitive:
     name: str
     forward: Callable
     fused: bool = False
+    takes_needs: bool = False  # forward(*arrays, needs=(bool per input), **options)
 
 
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def primitive(fused: bool = False):
+def primitive(fused: bool = False, takes_needs: bool = False):
     """Register ``forward`` as a primitive and return its Tensor-level wrapper."""
     def register(forward):
         name = forward.__name__
         if name in PRIMITIVES:
             raise ValueError(f"primitive {name!r} registered twice")
-        prim = Primitive(name, forward, fused)
+        prim = Primitive(name, forward, fused, takes_needs)
         PRIMITIVES[name] = prim
 
         def wrapper(*inputs, **options):
@@ -84,9 +87,12 @@ def primitive(fused: bool = False):
 def apply(prim: Primitive, *inputs, **options) -> "Tensor":
     """Run ``prim`` on Tensors (and plain arrays/scalars, treated as constants)."""
     arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
-    out, vjp = prim.forward(*arrays, **options)
     needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-    if not (any(needs) and is_grad_enabled()):
+    recording = any(needs) and is_grad_enabled()
+    if prim.takes_needs:
+        options["needs"] = needs if recording else (False,) * len(needs)
+    out, vjp = prim.forward(*arrays, **options)
+    if not recording:
         return Tensor(out)
     return record(out, tuple(x if needed else None for x, needed in zip(inputs, needs)), vjp, prim.name)
 

@@ -108,6 +108,50 @@ def test_cross_entropy_memory_stays_near_one_saved_array():
     assert peak < 2.6 * unit, f"peak {peak / unit:.2f} (N, V) arrays"
 
 
+def test_a_frozen_linear_keeps_no_reference_to_its_input():
+    """y = x W^T with W frozen needs only W for gx, so the input dies with the code that made it; a
+    trainable W keeps it for gW = g^T x (before, the VJP closed over x either way)."""
+    import gc
+    import weakref
+    rng = np.random.default_rng(0)
+    w_host = rng.standard_normal((3, 4))
+    for trainable in (False, True):
+        x = Tensor(rng.standard_normal((2, 4)), requires_grad=True)
+        w = Tensor(w_host.copy(), requires_grad=trainable)
+        h = x * 2.0  # an intermediate whose own VJP keeps nothing of it
+        array_ref = weakref.ref(h.data)
+        y = kernels.linear(h, w)
+        del h
+        gc.collect()
+        assert (array_ref() is None) is (not trainable), f"trainable={trainable}"
+        y.sum().backward()
+        np.testing.assert_allclose(x.grad, 2.0 * np.broadcast_to(w_host.sum(axis=0), (2, 4)), rtol=1e-12)
+        if trainable:
+            np.testing.assert_allclose(w.grad, np.broadcast_to(2.0 * x.data.sum(axis=0), (3, 4)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_swiglu_saves_two_arrays_beyond_its_inputs(fast):
+    """Forward keeps s = sigmoid(gate) for backward and returns y: two (N, F) arrays beyond gate and
+    up (silu(gate) = gate s is recomputed in backward; it used to be a third saved array)."""
+    from minilora import inplace
+    rng = np.random.default_rng(0)
+    gate, up = (Tensor(rng.standard_normal((64, 1024)).astype(np.float32), requires_grad=True) for _ in range(2))
+    unit = 64 * 1024 * 4
+    inplace.set_enabled(fast)
+    tracemalloc.start()
+    try:
+        y = kernels.swiglu(gate, up)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        inplace.set_enabled(True)
+    assert held < 2.5 * unit, f"forward holds {held / unit:.2f} (N, F) arrays"
+    y.backward(np.ones(y.shape, dtype=np.float32))
+    s = 1.0 / (1.0 + np.exp(-gate.data.astype(np.float64)))
+    np.testing.assert_allclose(up.grad, gate.data * s, rtol=1e-5, atol=1e-6)
+
+
 @given(shape=shapes(min_dims=1, max_dims=3, max_side=4), seed=seeds, c=st.integers(2, 6))
 def test_norms_match_composite(xp, shape, seed, c):
     x = arr(xp, seed, shape[:-1] + (c,), low=-3, high=3)
