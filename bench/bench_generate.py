@@ -5,7 +5,9 @@ Each decoding step reads every weight once, so a step cannot take less than
     bytes of weights per token / GEMV bandwidth
 
 where the bandwidth is measured in the same run, between the generation rounds, as an lm_head-shaped
-float32 product W (V, C) @ x with each BLAS thread count the decoder may pick (the best one counts).
+float32 product W (V, C) @ x with each BLAS thread count the decoder may pick, and in both layouts
+of W: its own rows (V, C) and input-major, W^T stored (C, V), which OpenBLAS streams much faster and
+the decoder uses (models/fused.py). The fastest layout and thread count set the limit.
 The bench prints bytes/token, that bandwidth, the limit in tokens/s and the fraction minilora
 reaches: end to end (prefill included, as bench/compare_torch.py's generation row counts it) and
 over the decoding steps alone (from the first token to the last).
@@ -52,25 +54,62 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
+LAYOUTS = ("rows", "input-major")  # W stored (V, C); W^T stored (C, V) and read as its transpose
+
+
 def gemv_bandwidth(np, shape, thread_counts, repeats: int = 15) -> dict:
-    """{threads: median bytes/s} of W (V, C) @ x for each thread count (threadpoolctl sets it)."""
+    """{"layout/threads": median bytes/s} of W (V, C) @ x per layout and thread count (threadpoolctl sets it)."""
     from minilora.models.blas_threads import blas_threads, set_blas_threads
     rng = np.random.default_rng(0)
-    w = rng.standard_normal(shape, dtype=np.float32)
+    rows = rng.standard_normal(shape, dtype=np.float32)
+    weights = {"rows": rows, "input-major": np.ascontiguousarray(rows.T).T}
     x = rng.standard_normal((1, shape[1]), dtype=np.float32)
     start, out = blas_threads(), {}
     for n in thread_counts:
         set_blas_threads(n)
-        x @ w.T
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        for layout in LAYOUTS:
+            w = weights[layout]
             x @ w.T
-            times.append(time.perf_counter() - t0)
-        out[n] = w.nbytes / statistics.median(times)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                x @ w.T
+                times.append(time.perf_counter() - t0)
+            out[f"{layout}/{n}"] = rows.nbytes / statistics.median(times)
     if start:
         set_blas_threads(start)
     return out
+
+
+def product_layouts(np, model, repeats: int = 101) -> list:
+    """Each decoding product's shape timed as x W^T in both layouts (W's rows; W^T stored input-major),
+    over enough distinct copies to leave the 32 MiB L3 cold as decoding does (each weight read once
+    per token): [{name, shape, rows_gb_s, input_major_gb_s, decoder_layout}]."""
+    from minilora.models.decode import _linears
+    q, k, v, o, gate, up, down = _linears(model.model.layers[0])
+    c = model.config.hidden_size
+    shapes = {"q|k|v": (q.out_features + k.out_features + v.out_features, c), "o_proj": tuple(o.weight.shape),
+              "gate|up": (gate.out_features + up.out_features, c), "down_proj": tuple(down.weight.shape),
+              "lm_head": tuple(model.lm_head.weight.shape)}
+    rng = np.random.default_rng(1)
+    rows = []
+    for name, shape in shapes.items():
+        copies = max(1, -(-(64 << 20) // (shape[0] * shape[1] * 4)))
+        base = [rng.standard_normal(shape, dtype=np.float32) for _ in range(copies)]
+        layouts = {"rows": base, "input-major": [np.ascontiguousarray(w.T).T for w in base]}
+        x = rng.standard_normal((1, shape[1]), dtype=np.float32)
+        rates = {}
+        for layout, ws in layouts.items():
+            times = []
+            for i in range(repeats):
+                w = ws[i % copies]
+                t0 = time.perf_counter()
+                x @ w.T
+                times.append(time.perf_counter() - t0)
+            rates[layout] = base[0].nbytes / statistics.median(times) / 1e9
+        rows.append(dict(name=name, shape=list(shape), rows_gb_s=rates["rows"], input_major_gb_s=rates["input-major"],
+                         decoder_layout="input-major" if shape[0] >= shape[1] else "rows"))
+    return rows
 
 
 def minilora_round(model, prompt, new_tokens: int) -> dict:
@@ -132,6 +171,7 @@ def main(argv=None) -> dict:
             worker.ask("done")
             worker.proc.wait(timeout=60)
     result = summarize(args, per_token, counts, ours, theirs, bandwidth)
+    result["products"] = product_layouts(np, model)
     result.update(benchmark="bench_generate", machine=info, load_average_1min=loads,
                   load_average_end=os.getloadavg(), prompt_tokens=len(prompt), weight_shape=lm_shape)
     print_table(result)
@@ -143,14 +183,17 @@ def main(argv=None) -> dict:
 def summarize(args, per_token, counts, ours, theirs, bandwidth) -> dict:
     med = statistics.median
     n = args.new_tokens
-    by_threads = {t: med(b[t] for b in bandwidth) for t in counts}
-    best_threads = max(by_threads, key=by_threads.get)
-    limit = by_threads[best_threads] / per_token  # tokens/s if reading the weights were all a step did
+    by_key = {key: med(b[key] for b in bandwidth) for key in bandwidth[0]}
+    best = max(by_key, key=by_key.get)
+    best_layout, best_threads = best.split("/")[0], int(best.split("/")[1])
+    by_threads = {t: max(by_key[f"{layout}/{t}"] for layout in LAYOUTS) for t in counts}
+    limit = by_key[best] / per_token  # tokens/s if reading the weights were all a step did
     tok_s = n / med(r["seconds"] for r in ours)
     decode_tok_s = (n - 1) / med(r["decode_seconds"] for r in ours)
     row = dict(new_tokens=n, threads=args.threads, bytes_per_token=per_token,
                gemv_bandwidth_gb_s={str(t): b / 1e9 for t, b in by_threads.items()},
-               gemv_threads=best_threads, limit_tok_s=limit,
+               gemv_bandwidth_by_layout_gb_s={k: b / 1e9 for k, b in by_key.items()},
+               gemv_threads=best_threads, gemv_layout=best_layout, limit_tok_s=limit,
                minilora_tok_s=tok_s, minilora_decode_tok_s=decode_tok_s,
                minilora_cpu_s=med(r["cpu_seconds"] for r in ours),
                fraction_of_limit=tok_s / limit, decode_fraction_of_limit=decode_tok_s / limit,
@@ -174,7 +217,9 @@ def summarize(args, per_token, counts, ours, theirs, bandwidth) -> dict:
 def print_table(r: dict) -> None:
     bw = ", ".join(f"{t} thread{'s' * (t != '1')} {b:.1f}" for t, b in r["gemv_bandwidth_gb_s"].items())
     print(f"bytes of weights per token   {r['bytes_per_token'] / 1e6:.1f} MB")
-    print(f"GEMV bandwidth (lm_head W@x) {bw} GB/s (median per round, then over rounds)")
+    layouts = ", ".join(f"{k} {b:.1f}" for k, b in r["gemv_bandwidth_by_layout_gb_s"].items())
+    print(f"GEMV bandwidth (lm_head W@x) {bw} GB/s (best layout; median per round, then over rounds)")
+    print(f"  by layout/threads          {layouts} GB/s; the limit takes {r['gemv_layout']}")
     print(f"limit                        {r['limit_tok_s']:.1f} tok/s")
     print(f"minilora                     {r['minilora_tok_s']:.1f} tok/s end to end "
           f"({100 * r['fraction_of_limit']:.0f}% of the limit), {r['minilora_decode_tok_s']:.1f} tok/s "
@@ -184,6 +229,10 @@ def print_table(r: dict) -> None:
               f"{r['speed_ratio']:.2f}x; the first {r['agreeing_prefix']} of {r['new_tokens']} tokens agree")
     for g in r["goals"]:
         print(f"goal {g['goal']}: {g['value']:.3f} -> {'met' if g['met'] else 'NOT met'}")
+    print("each product's shape, x W^T from cold weights (GB/s): rows / input-major -> the decoder's layout")
+    for p in r.get("products", []):
+        print(f"  {p['name']:10s} {tuple(p['shape'])!s:14s} {p['rows_gb_s']:5.1f} / {p['input_major_gb_s']:5.1f}"
+              f" -> {p['decoder_layout']}")
 
 
 def _imports(*names) -> bool:

@@ -234,6 +234,21 @@ def _host_dtype(dtype):
     return np.dtype(dtype_name(dtype))
 
 
+# ---------------------------------------------------------------- gap: row gather
+
+def take_rows(xp, a, indices):
+    """a[indices[i], :] for every i: (R, C), (N,) integers -> (N, C), row-major.
+
+    ``xp.take`` where it is all the namespace has. NumPy's and CuPy's take first copy a whole array
+    that is not row-major (an input-major weight, models/fused.py: 170 ms for SmolLM2's tied
+    (49152, 576) embedding on the test VM, per lookup), their integer indexing reads the rows where
+    they lie (3.6 ms for 512 tokens, 5 us for one).
+    """
+    if backend_name(xp) in ("numpy", "cupy"):
+        return a[indices]
+    return xp.take(a, indices, axis=0)
+
+
 # ---------------------------------------------------------------- gap: scatter-add
 
 def scatter_add(xp, num_rows: int, indices, values):

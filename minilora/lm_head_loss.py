@@ -82,7 +82,7 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
         if gh is not None or gw is not None:
             z *= sc[:, None] / row_sum  # softmax * scale
             if gh is not None:
-                gh[start:stop, :] = xp.matmul(z, weight) - sc[:, None] * xp.take(weight, tc, axis=0)  # (R, C)
+                gh[start:stop, :] = xp.matmul(z, weight) - sc[:, None] * backend.take_rows(xp, weight, tc)  # (R, C)
             if gw is not None:
                 gw += xp.matmul(z.mT, hc)  # (V, C); the one-hot part follows the loop
         del z  # before the next chunk's logits exist: one chunk at a time

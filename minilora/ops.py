@@ -311,7 +311,7 @@ def embedding(weight, indices):
         # negative ids would wrap in take (and padding ids like -100 would read real rows)
         raise ValueError(f"embedding: indices must lie in [0, {weight.shape[0]}), got min {int(xp.min(flat))} "
                          f"and max {int(xp.max(flat))}")
-    rows = xp.take(weight, flat, axis=0)  # (N, C)
+    rows = backend.take_rows(xp, weight, flat)  # (N, C)
 
     def vjp(g, needs):
         g2 = xp.reshape(g, (-1, weight.shape[1]))

@@ -19,7 +19,9 @@ Llama-style Transformer (or a wrapper of one, such as a LoraModel) whose project
 Linears and whose norms are RMSNorms. A LoRA layer counts as its base Linear when it adds nothing
 (its adapters merged, disabled or inactive): a merged model decodes exactly like the base. An
 unmerged adapter, a 4-bit layer, GPT-2 style or gradients being recorded take the module path.
-The stacked q/k/v and gate/up weights are the ones models/fused.py shares with the module path.
+The stacked q/k/v and gate/up weights are the ones models/fused.py shares with the module path;
+o_proj, down_proj and lm_head go through ``stacked`` alone, which lays each out as its product
+streams fastest (input-major when the output is at least as wide as the input, see models/fused.py).
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ class Decoder:
     def __init__(self, model):
         self.model, self.config = model, model.config
         lm = model.model
-        self.embed, self.head = lm.embed_tokens.weight.data, as_linear(model.lm_head).weight.data
+        self.head = stacked((as_linear(model.lm_head),)).weight  # before the embedding: they may be tied
+        self.embed = lm.embed_tokens.weight.data
         self.norm = (lm.norm.weight.data, lm.norm.eps)
         self.layers = [_LayerArrays(layer) for layer in lm.layers]
 
@@ -101,8 +104,9 @@ class _LayerArrays:
         qkv, gate_up = stacked((q, k, v)), stacked((gate, up))
         self.qkv = (qkv.weight, qkv.bias, qkv.sizes)
         self.gate_up = (gate_up.weight, gate_up.bias, gate_up.sizes)
-        self.o = (o.weight.data, _data(o.bias))
-        self.down = (down.weight.data, _data(down.bias))
+        o, down = stacked((o,)), stacked((down,))
+        self.o = (o.weight, o.bias)
+        self.down = (down.weight, down.bias)
 
     def forward(self, xp, h, rope, cache, index):
         """h (B, T, C) -> (B, T, C); appends this layer's keys and values to the cache."""
@@ -137,7 +141,3 @@ def _linears(layer) -> list:
     """q, k, v, o, gate, up, down of a decoder layer as plain Linears (None where one is not)."""
     a, m = layer.self_attn, layer.mlp
     return [as_linear(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)]
-
-
-def _data(parameter):
-    return None if parameter is None else parameter.data

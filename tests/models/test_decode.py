@@ -51,6 +51,69 @@ def test_fused_stack_follows_in_place_updates_and_rebinding():
     np.testing.assert_allclose(logits(model, ids, grad=False), logits(model, ids, grad=True), rtol=1e-12, atol=1e-12)
 
 
+def test_wide_stacks_are_stored_input_major_and_narrow_ones_as_they_are():
+    """A stack at least as wide as its input keeps W^T (C, sum d_i) contiguous, each weight a transposed
+    view of it (OpenBLAS streams x W^T fastest so); a narrower one (down_proj) keeps W's rows. The
+    decoder lays out o_proj, down_proj and lm_head too; logits stay those of the module path."""
+    config = tiny()
+    config.tie_word_embeddings = True
+    model = Transformer(config, dtype="float32", seed=6).eval()
+    ids = ids_of(2, 1, 5)
+    before = logits(model, ids, grad=True)
+    with no_grad():
+        decoder = Decoder.for_model(model)
+    layer = model.model.layers[0]
+    attn, mlp = layer.self_attn, layer.mlp
+    for wide in (attn.q_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, model.lm_head):
+        w = wide.weight.data
+        assert not w.flags.c_contiguous and w.base is not None and w.base.flags.c_contiguous
+        assert w.base.shape[0] == w.shape[1]  # (C, sum d_i)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, one Parameter
+    assert mlp.down_proj.weight.data.flags.c_contiguous  # (576, 1536)-like: d_out < d_in
+    assert np.shares_memory(decoder.head, model.lm_head.weight.data)  # the decoder reads the same buffer
+    np.testing.assert_allclose(logits(model, ids, grad=True), before, rtol=1e-5, atol=1e-6)
+
+
+def test_row_gathers_read_an_input_major_weight_in_place():
+    """The embedding lookup and lm_loss's gather of target rows on an input-major (tied) weight read
+    only the rows they need: NumPy's take used to copy the whole weight first, per call (170 ms for
+    SmolLM2's embedding)."""
+    import tracemalloc
+    from minilora import ops
+    from minilora.lm_head_loss import linear_cross_entropy
+    rng = np.random.default_rng(0)
+    weight = np.ascontiguousarray(rng.standard_normal((4096, 64)).astype(np.float32).T).T  # (V, C) view
+    ids = rng.integers(0, 4096, 16)
+    h = Tensor(rng.standard_normal((16, 64)).astype(np.float32), requires_grad=True)
+    tracemalloc.start()
+    try:
+        rows = ops.embedding(Tensor(weight), ids)
+        _, peak_lookup = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        loss = linear_cross_entropy(h, Tensor(weight), ids, chunk_rows=4)
+        _, peak_loss = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(rows.data, np.ascontiguousarray(weight)[ids])
+    assert peak_lookup < weight.nbytes / 8, f"the lookup allocated {peak_lookup} bytes"
+    assert peak_loss < weight.nbytes / 2, f"the loss allocated {peak_loss} bytes"  # a (4, 4096) chunk, no copy
+    loss.backward()
+    assert h.grad is not None
+
+
+def test_matrix_products_give_the_same_bits_in_either_layout():
+    """At training sizes (512 rows) OpenBLAS packs both operands, so an input-major weight changes no
+    bit of a training step's products (forward and input gradient), and exact resume holds whichever
+    layout the weights were in."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1536, 576)).astype(np.float32)
+    w_view = np.ascontiguousarray(w.T).T  # the input-major layout, same values
+    x = rng.standard_normal((512, 576)).astype(np.float32)
+    g = rng.standard_normal((512, 1536)).astype(np.float32)
+    assert np.array_equal(x @ w.T, x @ w_view.T)
+    assert np.array_equal(g @ w, g @ w_view)
+
+
 def test_kv_cache_grows_past_its_capacity_and_checks_shapes():
     model = Transformer(tiny(), dtype="float64", seed=5)
     ids = ids_of(2, 2, 9)
