@@ -29,7 +29,7 @@ composite ``cross_entropy(linear(h, W), t)``, and its tests check it against exa
 from __future__ import annotations
 
 from . import backend
-from .tensor import Primitive, Tensor, apply, is_grad_enabled
+from .tensor import Primitive, Tensor, apply
 
 DEFAULT_CHUNK_ROWS = 128  # GEMM rate against chunk memory: see the module doc and docs/speed.md
 
@@ -56,9 +56,10 @@ def _exp_in_place(xp, z):
     return xp.exp(z)
 
 
-def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS, grad_h=False,
-             grad_w=False):
-    """loss (scalar) and its VJP; gh (N, C) and gW (V, C) are filled chunk by chunk when asked for."""
+def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS, needs=(False, False, False)):
+    """loss (scalar) and its VJP; gh (N, C) and gW (V, C) are filled chunk by chunk when ``needs`` asks
+    for them (tensor.apply passes it: the primitive takes_needs)."""
+    grad_h, grad_w = needs[0], needs[1]
     xp = backend.namespace_of(h, weight)
     valid, safe = _check(xp, h, weight, targets, ignore_index)
     n, v = h.shape[0], weight.shape[0]
@@ -94,7 +95,7 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
     return total, vjp
 
 
-LINEAR_CROSS_ENTROPY = Primitive("linear_cross_entropy", _forward, fused=True)
+LINEAR_CROSS_ENTROPY = Primitive("linear_cross_entropy", _forward, fused=True, takes_needs=True)
 
 
 def linear_cross_entropy(h, weight, targets, ignore_index: int = -100,
@@ -108,6 +109,4 @@ def linear_cross_entropy(h, weight, targets, ignore_index: int = -100,
     h = h if isinstance(h, Tensor) else Tensor(h)
     weight = weight if isinstance(weight, Tensor) else Tensor(weight)
     targets = targets.data if isinstance(targets, Tensor) else targets
-    grad = is_grad_enabled()
-    return apply(LINEAR_CROSS_ENTROPY, h, weight, targets, ignore_index=ignore_index, chunk_rows=chunk_rows,
-                 grad_h=grad and h.requires_grad, grad_w=grad and weight.requires_grad)
+    return apply(LINEAR_CROSS_ENTROPY, h, weight, targets, ignore_index=ignore_index, chunk_rows=chunk_rows)

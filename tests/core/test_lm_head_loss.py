@@ -69,7 +69,7 @@ def test_chunk_memory_is_about_one_chunk_not_the_logits():
     h, w, t = _problem(np, 5, n, c, v, 0.0, np.float32)
     tracemalloc.start()
     try:
-        loss, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=chunk, grad_h=True)
+        loss, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=chunk, needs=(True, False, False))
         vjp(np.float32(1.0), (True, False, False))
         _, peak = tracemalloc.get_traced_memory()
     finally:
