@@ -8,13 +8,14 @@ A ``Tensor`` holds an array ``data`` of some backend, an optional ``grad`` of th
 where ``vjp`` maps the output cotangent g to one cotangent per input (None where ``needs[i]`` is
 False). A primitive registered with ``takes_needs=True`` also receives ``needs`` in its forward
 (all False when no graph is recorded), so that it saves only what the asked-for gradients use: a
-frozen weight's linear keeps no copy of its input. ``apply`` runs a primitive on tensors and, only when gradients are enabled and some input
-requires them, records the output's parents and ``vjp`` in a ``Node``. Frozen inputs therefore
-build no graph and keep nothing alive. The graph holds Nodes (parents, vjp, shape), never an
-intermediate's array: once the code that computed a tensor drops it, only what its consumers' VJPs
-saved stays alive. ``backward`` walks the graph once in reverse topological order and frees it as
-it goes (each Node drops its parents and closure), so activations die with the step; a later
-backward that reaches a freed node raises instead of silently treating it as a leaf.
+frozen weight's linear keeps no reference to its input. ``apply`` runs a primitive on tensors and,
+only when gradients are enabled and some input requires them, records the output's parents and
+``vjp`` in a ``Node``. Frozen inputs therefore build no graph and keep nothing alive. The graph
+holds Nodes (parents, vjp, shape), never an intermediate's array: once the code that computed a
+tensor drops it, only what its consumers' VJPs saved stays alive. ``backward`` walks the graph once
+in reverse topological order and frees it as it goes (each Node drops its parents and closure), so
+activations die with the step; a later backward that reaches a freed node raises instead of
+silently treating it as a leaf.
 """
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ identity check below notices and the next call restacks.
 The buffer's layout follows the product's shape. When the stack is at least as wide as its input
 (sum d_i >= C: q/k/v, gate/up, o_proj, lm_head) it is stored input-major, W^T as a (C, sum d_i)
 array, and each weight is a transposed view of a column block: x W^T then reads W^T row by row, which
-OpenBLAS's matrix-vector kernel streams much faster than the (d, C) rows of W (on the 2-core test VM,
-lm_head-shaped: 42-47 GB/s against 22; gate/up 1.4x, o_proj 1.2-1.3x; docs/speed.md). A narrower
-stack (down_proj, sum d_i < C) keeps W's own (sum d_i, C) layout, which streams faster there. Only
-the layout changes; matrix-matrix products (training's batch x sequence rows) pack their operands
-and give the same bits either way (tests/models/test_fused.py).
+OpenBLAS's matrix-vector kernel streams faster than the (d, C) rows of W (bench_generate on the
+2-core test VM, GB/s: lm_head 36.9 against 20.9, gate/up 29.9 against 21.2, o_proj 14.6 against
+12.7; docs/speed.md). A narrower stack (down_proj, sum d_i < C) keeps W's own (sum d_i, C) layout,
+which streams faster there (24.5 against 18.4). Only the layout changes; matrix-matrix products at
+training sizes pack their operands and give the same bits either way (tests/models/test_decode.py).
 
 ``fused_linears`` runs only when no gradient is recorded and every module is a plain ``nn.Linear``
 (not a LoRA wrapper, not a 4-bit layer): anything else returns None and the caller runs the modules
