@@ -46,6 +46,8 @@ class _Stack:
         self.input_major = sum(self.sizes) >= int(weights[0].shape[1])
         if self.input_major:
             self.weight = _input_major(xp, weights, ends[-1]).mT  # a (sum d_i, C) view of W^T (C, sum d_i)
+        elif len(weights) == 1:
+            self.weight = weights[0]  # a narrow Linear alone (down_proj) keeps its own array: nothing to move
         else:
             self.weight = xp.concat(weights, axis=0)  # (sum d_i, C): one copy, then the originals go
         self.bias = None

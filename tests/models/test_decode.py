@@ -60,6 +60,7 @@ def test_wide_stacks_are_stored_input_major_and_narrow_ones_as_they_are():
     model = Transformer(config, dtype="float32", seed=6).eval()
     ids = ids_of(2, 1, 5)
     before = logits(model, ids, grad=True)
+    down_array = model.model.layers[0].mlp.down_proj.weight.data
     with no_grad():
         decoder = Decoder.for_model(model)
     layer = model.model.layers[0]
@@ -70,6 +71,7 @@ def test_wide_stacks_are_stored_input_major_and_narrow_ones_as_they_are():
         assert w.base.shape[0] == w.shape[1]  # (C, sum d_i)
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, one Parameter
     assert mlp.down_proj.weight.data.flags.c_contiguous  # (576, 1536)-like: d_out < d_in
+    assert np.shares_memory(mlp.down_proj.weight.data, down_array)  # left where it was, not copied
     assert np.shares_memory(decoder.head, model.lm_head.weight.data)  # the decoder reads the same buffer
     np.testing.assert_allclose(logits(model, ids, grad=True), before, rtol=1e-5, atol=1e-6)
 
