@@ -124,15 +124,18 @@ def namespace_of(*arrays):
 
 # ---------------------------------------------------------------- host <-> device
 
-def to_numpy(array):
-    """A host NumPy copy (or view) of ``array``, whatever its backend."""
+def to_numpy(array, contiguous: bool = False):
+    """A host NumPy copy (or view) of ``array``, whatever its backend; ``contiguous``: row-major (C
+    order) as files and digests need it, copied only when it is not (0-d arrays stay 0-d)."""
     import numpy as np
     name = backend_name(array) if not isinstance(array, np.ndarray) else "numpy"
     if name == "numpy":
-        return array
-    if name == "cupy":
-        return array.get()
-    return np.asarray(array)
+        host = array
+    elif name == "cupy":
+        host = array.get()
+    else:
+        host = np.asarray(array)
+    return np.asarray(host, order="C") if contiguous else host
 
 
 def from_numpy(array, xp=None):

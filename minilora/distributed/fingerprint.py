@@ -26,7 +26,7 @@ class RankMismatchError(MiniloraError, RuntimeError):
 
 
 def _update(digest, name: str, array) -> None:
-    host = np.ascontiguousarray(backend.to_numpy(array))
+    host = backend.to_numpy(array, contiguous=True)
     digest.update(f"{name}|{host.dtype.str}|{host.shape}|".encode())
     digest.update(host.tobytes())
 

@@ -29,11 +29,10 @@ MAX_HEADER_BYTES = 100_000_000  # the safetensors package refuses larger headers
 
 def _host_array(name, value) -> np.ndarray:
     try:
-        array = backend.to_numpy(value)
+        return backend.to_numpy(value, contiguous=True)
     except backend.BackendError as exc:
         raise ValueError(f"save_safetensors: tensors[{name!r}] is not an array of a known backend "
                          f"({type(value).__name__})") from exc
-    return np.asarray(array, order="C")  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
 
 
 def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:

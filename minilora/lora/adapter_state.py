@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .. import backend
 from ..errors import MiniloraError
 from ..nn import Module
@@ -72,7 +70,7 @@ def adapter_parameters(lora_model, adapter_name: str = "default") -> dict:
 
 def host_arrays(arrays: dict) -> dict:
     """{key: C-contiguous host NumPy array} of {key: array of any backend}."""
-    return {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in arrays.items()}
+    return {k: backend.to_numpy(v, contiguous=True) for k, v in arrays.items()}
 
 
 def expected_shapes(base: Module, config, layer_class_for=lora_layer_class) -> dict:

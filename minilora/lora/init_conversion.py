@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
-
+from .. import backend
 from ..errors import ConfigError
 
 
@@ -46,11 +45,12 @@ def converted_adapter(config, tensors: dict, initial_dir) -> tuple:
             found = None if key not in initial else tuple(initial[key].shape)
             raise ConfigError(f"path_initial_model_for_weight_conversion: {initial_dir} does not hold this adapter's "
                               f"initial {key!r} of shape {tuple(value.shape)} (found {found})")
-        start = initial[key].astype(value.dtype)
+        xp = backend.namespace_of(value, initial[key])  # both read from adapter files: host arrays
+        start = xp.astype(initial[key], value.dtype)
         if ".lora_A." in f"{key}.":
-            out[key] = np.concatenate([value, start], axis=0)  # (2r, d_in)
+            out[key] = xp.concat([value, start], axis=0)  # (2r, d_in)
         else:
-            out[key] = np.concatenate([value, -start], axis=1)  # (d_out, 2r)
+            out[key] = xp.concat([value, -start], axis=1)  # (d_out, 2r)
     alpha_factor = math.sqrt(2.0) if config.use_rslora else 2.0
     new_config = dataclasses.replace(
         config, init_lora_weights=True, loftq_config={}, r=2 * config.r, lora_alpha=alpha_factor * config.lora_alpha,

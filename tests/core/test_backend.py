@@ -194,3 +194,13 @@ def test_backend_name_takes_an_array_or_a_namespace_and_errors_are_minilora_erro
         backend.backend_name(os)
     assert issubclass(BackendError, MiniloraError) and issubclass(BackendError, ValueError)
     assert issubclass(StateDictError, MiniloraError) and issubclass(StateDictError, ValueError)
+
+
+def test_to_numpy_contiguous_is_row_major_and_keeps_0d_arrays():
+    """One host copy for files and digests: row-major, a view when already so, 0-d stays 0-d
+    (np.ascontiguousarray, which two callers used, makes 0-d arrays (1,))."""
+    a = np.arange(12.0).reshape(3, 4)
+    assert backend.to_numpy(a, contiguous=True) is a
+    t = backend.to_numpy(a.T, contiguous=True)
+    assert t.flags.c_contiguous and np.array_equal(t, a.T)
+    assert backend.to_numpy(np.float32(2.5) * np.ones(()), contiguous=True).shape == ()
