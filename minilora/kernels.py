@@ -27,18 +27,26 @@ def _xp(*arrays):
     return xp
 
 
+def discarded_output(xp, shape, dtype):
+    """Zeros of ``shape`` without memory (a broadcast view of one zero): what a primitive called with
+    value=False returns in place of an output nobody reads."""
+    return xp.broadcast_to(xp.zeros((), dtype=dtype), shape)
+
+
 def _sum_leading(xp, g):
     """Sum over every axis but the last: (..., C) -> (C,)."""
     return xp.sum(xp.reshape(g, (-1, g.shape[-1])), axis=0)
 
 
 @primitive(fused=True, takes_needs=True)
-def linear(x, weight, bias=None, needs=(True, True, True)):
+def linear(x, weight, bias=None, needs=(True, True, True), value=True):
     """y = x W^T + b.  x (..., d_in), W (d_out, d_in), b (d_out,) -> (..., d_out).
 
     The leading dimensions are folded into one so that each product is a single GEMM.
     VJP: gx = g W, gW = g^T x, gb = sum of g over the leading dimensions. Only gW uses x, so a
-    frozen weight (needs[1] False) keeps no reference to the input.
+    frozen weight (needs[1] False) keeps no reference to the input. No VJP reads y: ``value=False``
+    records the same VJP and skips the product, returning zeros, for an output that is thrown away
+    (the last product of a checkpointed recompute, models/checkpoint.py).
     """
     xp = _xp(x, weight)
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
@@ -46,9 +54,12 @@ def linear(x, weight, bias=None, needs=(True, True, True)):
                          f"{tuple(weight.shape)} (expected input (..., {weight.shape[-1]}))")
     lead, d_in = tuple(x.shape[:-1]), x.shape[-1]
     x2 = xp.reshape(x, (-1, d_in))  # (N, d_in)
-    y = xp.matmul(x2, weight.mT)  # (N, d_out)
-    if bias is not None:
-        y = y + bias
+    if value:
+        y = xp.matmul(x2, weight.mT)  # (N, d_out)
+        if bias is not None:
+            y = y + bias
+    else:
+        y = discarded_output(xp, (x2.shape[0], weight.shape[0]), x.dtype)
     saved_x = x2 if needs[1] else None
 
     def vjp(g, needs):

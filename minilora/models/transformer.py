@@ -22,7 +22,7 @@ from ..lm_head_loss import DEFAULT_CHUNK_ROWS, linear_cross_entropy
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, RMSNorm
 from ..tensor import Tensor
 from .attention import Attention
-from .checkpoint import checkpoint
+from .checkpoint import checkpoint, is_recomputing
 from .config import ModelConfig
 from .fused import fused_linears
 from .init import INIT_STD, Zeros, init_linear
@@ -39,11 +39,17 @@ class MLP(Module):
         self.up_proj = init_linear(c, f, bias, dtype, rng, INIT_STD)
         self.down_proj = init_linear(f, c, bias, dtype, rng, INIT_STD)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, output_discarded: bool = False) -> Tensor:
+        """output_discarded: the caller throws the value away and backpropagates through the graph
+        only (a checkpointed recompute), so a plain down_proj skips its product (Linear's value=False)."""
         if self.gated:  # without gradients, plain gate/up Linears run as one stacked product
             gate, up = fused_linears(x, (self.gate_proj, self.up_proj)) or (self.gate_proj(x), self.up_proj(x))
-            return self.down_proj(F.swiglu(gate, up))  # (B, T, F) -> (B, T, C)
-        return self.down_proj(F.gelu(self.up_proj(x)))
+            h = F.swiglu(gate, up)  # (B, T, F)
+        else:
+            h = F.gelu(self.up_proj(x))
+        if output_discarded and getattr(self.down_proj, "value_optional", False):
+            return self.down_proj(h, value=False)
+        return self.down_proj(h)  # (B, T, F) -> (B, T, C)
 
 
 class DecoderLayer(Module):
@@ -56,9 +62,10 @@ class DecoderLayer(Module):
         self.mlp = MLP(config, dtype, rng)
         self.dropout = Dropout(config.dropout, dropout_rng)
 
-    def forward(self, h: Tensor, rope=None, cache=None) -> Tensor:
+    def forward(self, h: Tensor, rope=None, cache=None, output_discarded: bool = False) -> Tensor:
+        """output_discarded: only the graph of the result is used (see MLP.forward)."""
         h = h + self.dropout(self.self_attn(self.input_layernorm(h), rope=rope, cache=cache))
-        return h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
+        return h + self.dropout(self.mlp(self.post_attention_layernorm(h), output_discarded=output_discarded))
 
 
 class DecoderModel(Module):
@@ -100,7 +107,9 @@ class DecoderModel(Module):
         rewind = self.dropout_rng if cfg.dropout > 0 else None  # dropout masks must repeat in the recompute
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
-                h = checkpoint(lambda x, layer=layer: layer(x, rope=rope), h, rng=rewind)
+                # the recompute backpropagates through the layer's graph and discards its value
+                h = checkpoint(lambda x, layer=layer: layer(x, rope=rope, output_discarded=is_recomputing()),
+                               h, rng=rewind)
             else:
                 h = layer(h, rope=rope, cache=cache)
         return self.norm(h)

@@ -34,11 +34,14 @@ class Linear(Module):
         self.weight = Parameter(rng.uniform((out_features, in_features), -bound, bound, dtype=dtype))
         self.bias = Parameter(rng.uniform((out_features,), -bound, bound, dtype=dtype)) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    value_optional = True  # forward(x, value=False) records the graph but skips the product (zeros out)
+
+    def forward(self, x: Tensor, value: bool = True) -> Tensor:
+        """value=False: for an output that is thrown away, only its backward is needed (kernels.linear)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features} -> {self.out_features}): input has "
                              f"{x.shape[-1]} features in its last dimension (shape {x.shape})")
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias, value=value)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -15,6 +15,7 @@ and its gradient check lives in tests/quant/test_quant_linear4bit.py.
 from __future__ import annotations
 
 from .. import backend
+from ..kernels import discarded_output
 from ..nn import Linear, Module, Parameter
 from ..models.checkpoint import is_recomputing
 from ..tensor import Primitive, Tensor, apply, is_grad_enabled
@@ -80,21 +81,26 @@ def _dequantized_weight(packed, state, dtype, fresh: bool = True):
     return w if w.dtype == dtype else xp.astype(w, dtype)
 
 
-def _linear_4bit_forward(x, bias=None, *, packed, state):
+def _linear_4bit_forward(x, bias=None, *, packed, state, value=True):
     """y = x W^T + b with W = dequant(packed, state) (d_out, d_in).
 
     VJP: gx = g W, gb = sum of g over the leading dimensions; no gW. W comes from the shared buffer,
     dequantized again in backward, unless the forward keeps it (see set_keep_dequantized).
+    ``value=False`` (as kernels.linear): zeros instead of y, no dequantize and no product in forward.
     """
     xp = backend.namespace_of(x)
     d_out, d_in = state.shape
     lead = tuple(x.shape[:-1])
     x2 = xp.reshape(x, (-1, d_in))  # (N, d_in)
-    kept = _keeps_weight() and is_grad_enabled()
-    w = _dequantized_weight(packed, state, x.dtype, fresh=kept)
-    y = xp.matmul(x2, w.mT)  # (N, d_out)
-    if bias is not None:
-        y = y + bias
+    kept = value and _keeps_weight() and is_grad_enabled()
+    w = None
+    if value:
+        w = _dequantized_weight(packed, state, x.dtype, fresh=kept)
+        y = xp.matmul(x2, w.mT)  # (N, d_out)
+        if bias is not None:
+            y = y + bias
+    else:
+        y = discarded_output(xp, (x2.shape[0], d_out), x.dtype)
     w = w if kept else None  # the buffer is lent only for the product above
 
     def vjp(g, needs):
@@ -112,11 +118,12 @@ def _linear_4bit_forward(x, bias=None, *, packed, state):
 LINEAR_4BIT = Primitive("linear_4bit", _linear_4bit_forward, fused=True)
 
 
-def linear_4bit(x, packed, state: QuantState, bias=None) -> Tensor:
-    """Tensor-level y = x dequant(packed, state)^T (+ bias); differentiable in x (and bias)."""
+def linear_4bit(x, packed, state: QuantState, bias=None, value: bool = True) -> Tensor:
+    """Tensor-level y = x dequant(packed, state)^T (+ bias); differentiable in x (and bias).
+    value=False: the same graph with a zero output (see _linear_4bit_forward)."""
     x = x if isinstance(x, Tensor) else Tensor(x)
     inputs = (x,) if bias is None else (x, bias)
-    return apply(LINEAR_4BIT, *inputs, packed=packed, state=state)
+    return apply(LINEAR_4BIT, *inputs, packed=packed, state=state, value=value)
 
 
 class Linear4bit(Module):
@@ -164,11 +171,13 @@ class Linear4bit(Module):
         """The float weight (d_out, d_in) = dequant(W4): a fresh array each call."""
         return dequantize_4bit(self.weight, self.quant_state)
 
-    def forward(self, x) -> Tensor:
+    value_optional = True  # forward(x, value=False): the graph without the product (see nn.Linear)
+
+    def forward(self, x, value: bool = True) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear4bit({self.in_features} -> {self.out_features}): input has "
                              f"{x.shape[-1]} features in its last dimension (shape {tuple(x.shape)})")
-        return linear_4bit(x, self.weight, self.quant_state, self.bias)
+        return linear_4bit(x, self.weight, self.quant_state, self.bias, value=value)
 
     def quantized_state_dict(self, prefix: str = "") -> dict:
         """bitsandbytes' serialized layout: ``weight``, ``weight.absmax``, ... (+ ``bias``)."""

@@ -130,6 +130,25 @@ def test_a_frozen_linear_keeps_no_reference_to_its_input():
             np.testing.assert_allclose(w.grad, np.broadcast_to(2.0 * x.data.sum(axis=0), (3, 4)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_without_its_value_records_the_same_gradients(bias):
+    """value=False skips the product (zeros out) but its VJP gives x, W and b the same bits: no
+    gradient of a linear reads its output."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((2, 5, 4)), rng.standard_normal((3, 4))] + ([rng.standard_normal(3)] if bias else [])
+    g = rng.standard_normal((2, 5, 3))
+    grads = []
+    for value in (True, False):
+        leaves = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+        y = kernels.linear(*leaves, value=value)
+        assert y.shape == (2, 5, 3)
+        if not value:
+            assert not np.any(y.data)
+        y.backward(g)
+        grads.append([leaf.grad.tobytes() for leaf in leaves])
+    assert grads[0] == grads[1]
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_swiglu_saves_two_arrays_beyond_its_inputs(fast):
     """Forward keeps s = sigmoid(gate) for backward and returns y: two (N, F) arrays beyond gate and

@@ -278,6 +278,39 @@ def test_gradient_checkpointing_gives_identical_gradients(style, dropout):
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-12, atol=1e-15, err_msg=name)
 
 
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_the_recompute_skips_each_layers_last_product(monkeypatch, four_bit):
+    """The recompute's value is thrown away, so down_proj's forward product runs once per layer per
+    step (in the no-grad pass), not again in the recompute; the gradients stay those of the
+    unskipped recompute. Counted: products whose right operand is a down weight (C, F) transposed."""
+    from minilora.quant import quantize_model
+    cfg = tiny()
+    f, c = cfg.intermediate_size, cfg.hidden_size
+    real, counts = np.matmul, []
+
+    def spy(a, b, *args, **kwargs):
+        counts[-1] += getattr(b, "ndim", 0) == 2 and tuple(b.shape) == (f, c) and b.flags.f_contiguous
+        return real(a, b, *args, **kwargs)
+    grads = []
+    for skip in (True, False):
+        model = Transformer(cfg, seed=3).train()
+        if four_bit:
+            quantize_model(model)
+        model.freeze()
+        for layer in model.model.layers:  # something inside each layer trains: its recompute runs
+            layer.post_attention_layernorm.weight.requires_grad = True
+        model.gradient_checkpointing = True
+        if not skip:
+            monkeypatch.setattr(type(model.model.layers[0].mlp.down_proj), "value_optional", False)
+        counts.append(0)
+        monkeypatch.setattr(np, "matmul", spy)
+        model.loss(ids_of(0, 2, 6), ids_of(1, 2, 6)).backward()
+        monkeypatch.undo()
+        grads.append({n: p.grad.tobytes() for n, p in model.named_parameters() if p.grad is not None})
+    assert counts == [cfg.num_hidden_layers, 2 * cfg.num_hidden_layers]
+    assert grads[0] == grads[1] and grads[0]
+
+
 def test_checkpoint_with_frozen_input_still_reaches_parameters():
     """The first block's input (frozen embeddings) needs no grad, yet the block's weights do."""
     w = Tensor(np.random.default_rng(0).standard_normal((3, 3)), requires_grad=True)

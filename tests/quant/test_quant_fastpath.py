@@ -124,6 +124,23 @@ def test_recompute_mode_keeps_weights_only_inside_the_recompute(monkeypatch):
     assert calls == [(False, False), (False, False)]
 
 
+def test_a_4bit_product_without_its_value_dequantizes_only_for_backward(monkeypatch):
+    """value=False: zeros out, no dequantize or product in forward, the same gx bits in backward."""
+    layer = Linear4bit.from_linear(nn.Linear(64, 32, rng=backend.Random(0, xp=np)))
+    g = np.random.default_rng(4).standard_normal((2, 32)).astype(np.float32)
+    calls, grads = [], []
+    real = linear4bit._dequantized_weight
+    monkeypatch.setattr(linear4bit, "_dequantized_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for value in (True, False):
+        x = Tensor(np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32), requires_grad=True)
+        y = layer(x, value=value)
+        assert len(calls) == (1 if value else 0) and y.shape == (2, 32)
+        y.backward(g)
+        grads.append(x.grad.tobytes())
+        calls.clear()
+    assert grads[0] == grads[1]
+
+
 def test_bad_keep_mode():
     with pytest.raises(ValueError, match="mode must be one of"):
         linear4bit.set_keep_dequantized("sometimes")
