@@ -15,8 +15,9 @@ rewound before the recompute so that dropout masks repeat, and restored afterwar
 may keep what it would otherwise rebuild for backward (quant.linear4bit keeps its dequantized
 weight then). The recompute's value y' is thrown away (only its graph carries g), so an operation
 whose result feeds nothing but y' need not compute it: a Transformer layer's last product
-(down_proj) runs with value=False there, gx = g W without the forward GEMM. Memory: one (B, T, C) input per checkpointed call between forward and backward, plus
-one block's activations during its recompute.
+(down_proj) runs with value=False there, gx = g W without the forward GEMM. Memory: one (B, T, C)
+input per checkpointed call between forward and backward, plus one block's activations during its
+recompute.
 """
 from __future__ import annotations
 

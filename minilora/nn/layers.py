@@ -23,6 +23,8 @@ class Linear(Module):
     W ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (PyTorch's default), b likewise when ``bias``.
     """
 
+    value_optional = True  # forward(x, value=False) records the graph but skips the product (zeros out)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None, rng=None):
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"Linear: in_features and out_features must be positive, got "
@@ -33,8 +35,6 @@ class Linear(Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform((out_features, in_features), -bound, bound, dtype=dtype))
         self.bias = Parameter(rng.uniform((out_features,), -bound, bound, dtype=dtype)) if bias else None
-
-    value_optional = True  # forward(x, value=False) records the graph but skips the product (zeros out)
 
     def forward(self, x: Tensor, value: bool = True) -> Tensor:
         """value=False: for an output that is thrown away, only its backward is needed (kernels.linear)."""

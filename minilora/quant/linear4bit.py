@@ -133,6 +133,8 @@ class Linear4bit(Module):
     double_quant)`` or from stored data with ``Linear4bit(packed, quant_state, bias)``.
     """
 
+    value_optional = True  # forward(x, value=False): the graph without the product (see nn.Linear)
+
     def __init__(self, packed, quant_state: QuantState, bias=None):
         if not isinstance(quant_state, QuantState) or len(quant_state.shape) != 2:
             raise ValueError(f"Linear4bit: quant_state must be a QuantState of a 2-D weight, got {quant_state!r}")
@@ -170,8 +172,6 @@ class Linear4bit(Module):
     def dequantize(self):
         """The float weight (d_out, d_in) = dequant(W4): a fresh array each call."""
         return dequantize_4bit(self.weight, self.quant_state)
-
-    value_optional = True  # forward(x, value=False): the graph without the product (see nn.Linear)
 
     def forward(self, x, value: bool = True) -> Tensor:
         if x.shape[-1] != self.in_features:
