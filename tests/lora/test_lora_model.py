@@ -337,3 +337,34 @@ def test_model_level_merge_disable_unload_properties(xp, d_in, d_out, r_pick, al
     model.merge_adapter()
     close(out(model, ids), adapted, **tol)
     close(out(model.unload(), ids), base_out, **tol)  # unload == base model
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+@pytest.mark.parametrize("targets,dora", [(["q_proj", "v_proj"], False), (["q_proj", "v_proj", "down_proj"], False),
+                                          (["down_proj"], True)])
+def test_checkpointing_gives_the_adapters_the_same_gradients(four_bit, targets, dora):
+    """Checkpointed layers (whose recompute skips a plain down_proj's product, and keeps a LoRA or
+    DoRA down_proj whole) give every adapter the gradients of the unchecked model, bit for bit."""
+    from minilora.models.config import ModelConfig
+    from minilora.models.transformer import Transformer, lm_loss
+    from minilora.quant import quantize_model
+    cfg = ModelConfig(style="llama", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    ids = np.random.default_rng(0).integers(0, 32, (2, 7))
+    grads = []
+    for flag in (False, True):
+        base = Transformer(cfg, seed=1)
+        if four_bit:
+            quantize_model(base, blocksize=32)
+        base.gradient_checkpointing = flag
+        lora = get_lora_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=targets, use_dora=dora))
+        rng = np.random.default_rng(2)
+        for _, p in lora.named_parameters():
+            if p.requires_grad:  # B != 0, so that every adapter matrix gets a gradient
+                p.data = p.data + rng.standard_normal(p.shape).astype(p.dtype) * 0.1
+        lora.train()
+        lm_loss(lora, ids[:, :-1], ids[:, 1:]).backward()
+        grads.append({n: p.grad.tobytes() for n, p in lora.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(np.any(np.frombuffer(g, dtype=np.float32)) for g in grads[0].values())
+    assert grads[0] == grads[1]
