@@ -25,7 +25,8 @@ logits and cross_entropy, as the PEFT recipe does. After setup both workers retu
 the system (glibc malloc_trim), so "run peak" measures the step, not what loading left behind.
 
 The parent alternates the two workers (order swapped every round) through one warm-up and --steps
-timed repetitions, and reports medians, the ratio minilora / torch, and peak RSS: "rss_peak" is the
+timed repetitions, and reports medians, the ratio minilora / torch (of the medians: what the goals
+read; "paired_ratio" is the median of the per-round ratios beside it), and peak RSS: "rss_peak" is the
 process's lifetime peak (the larger of VmHWM read before the reset below and getrusage ru_maxrss at
 the end: resetting VmHWM also resets ru_maxrss), "rss_run_peak" the peak while timing (VmHWM after
 resetting it via /proc/self/clear_refs).
@@ -322,6 +323,10 @@ def summarize(task: str, res: dict, args) -> dict:
         run_peak = res[fw]["memory"]["rss_run_peak_kib"]
         row[f"{fw}_run_rss_gib"] = run_peak / 2**20 if run_peak else None
     row["time_ratio"] = row["minilora_s"] / row["torch_s"]
+    # each round runs the two back to back: the median of the per-round ratios, beside the goals' ratio
+    # of medians, shows how much of a run-to-run swing is the machine's (both move) and how much ours
+    row["paired_ratio"] = statistics.median(m["seconds"] / t["seconds"]
+                                            for m, t in zip(res["minilora"]["runs"], res["torch"]["runs"]))
     if "minilora_cpu_s" in row and "torch_cpu_s" in row:
         row["cpu_ratio"] = row["minilora_cpu_s"] / row["torch_cpu_s"]
     row["rss_ratio"] = row["minilora_rss_gib"] / row["torch_rss_gib"]
@@ -430,8 +435,8 @@ def main(argv=None) -> dict:
         for task in args.tasks:
             raw[task] = measure(task, args, log_dir)
             rows[task] = summarize(task, raw[task], args)
-    columns = ["task", "minilora_s", "torch_s", "time_ratio", "minilora_cpu_s", "torch_cpu_s", "cpu_ratio",
-               "minilora_rss_gib", "torch_rss_gib", "rss_ratio",
+    columns = ["task", "minilora_s", "torch_s", "time_ratio", "paired_ratio", "minilora_cpu_s", "torch_cpu_s",
+               "cpu_ratio", "minilora_rss_gib", "torch_rss_gib", "rss_ratio",
                "minilora_run_rss_gib", "torch_run_rss_gib", "run_rss_ratio"]
     print(table(list(rows.values()), columns))
     if "generate" in rows:
