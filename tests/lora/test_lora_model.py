@@ -340,11 +340,13 @@ def test_model_level_merge_disable_unload_properties(xp, d_in, d_out, r_pick, al
 
 
 @pytest.mark.parametrize("four_bit", [False, True])
-@pytest.mark.parametrize("targets,dora", [(["q_proj", "v_proj"], False), (["q_proj", "v_proj", "down_proj"], False),
-                                          (["down_proj"], True)])
-def test_checkpointing_gives_the_adapters_the_same_gradients(four_bit, targets, dora):
-    """Checkpointed layers (whose recompute skips a plain down_proj's product, and keeps a LoRA or
-    DoRA down_proj whole) give every adapter the gradients of the unchecked model, bit for bit."""
+@pytest.mark.parametrize("targets,dora,saved", [(["q_proj", "v_proj"], False, None),
+                                                (["q_proj", "v_proj", "down_proj"], False, None),
+                                                (["down_proj"], True, None), (["q_proj"], False, ["down_proj"])])
+def test_checkpointing_gives_the_adapters_the_same_gradients(four_bit, targets, dora, saved):
+    """Checkpointed layers (whose recompute skips a plain down_proj's product, also through a
+    modules_to_save copy, and keeps a LoRA or DoRA down_proj whole) give every adapter the gradients
+    of the unchecked model, bit for bit."""
     from minilora.models.config import ModelConfig
     from minilora.models.transformer import Transformer, lm_loss
     from minilora.quant import quantize_model
@@ -357,7 +359,8 @@ def test_checkpointing_gives_the_adapters_the_same_gradients(four_bit, targets, 
         if four_bit:
             quantize_model(base, blocksize=32)
         base.gradient_checkpointing = flag
-        lora = get_lora_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=targets, use_dora=dora))
+        lora = get_lora_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=targets, use_dora=dora,
+                                               modules_to_save=saved))
         rng = np.random.default_rng(2)
         for _, p in lora.named_parameters():
             if p.requires_grad:  # B != 0, so that every adapter matrix gets a gradient
