@@ -21,40 +21,22 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("lora", "qlora")
 
 
 def parse_args(argv=None):
+    from common import add_paired_arguments, check_positive
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--rounds", type=int, default=7, help="timed steps per copy after one warm-up (paired)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2, help="BLAS threads (set before NumPy loads)")
-    p.add_argument("--json", default=os.path.join(HERE, "results", "bench_recompute.json"))
+    add_paired_arguments(p, "bench_recompute.json", rounds=7)
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods or any(m not in METHODS for m in args.methods):
         p.error(f"--methods: expected a non-empty subset of {METHODS}, got {args.methods}")
-    for name in ("rounds", "batch", "seq", "threads"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name} must be positive")
+    check_positive(p, args, ("rounds", "batch", "seq", "threads"))
     return args
-
-
-def training_copy(quantized: bool):
-    """(LoRA model with checkpointing, AdamW) over a fresh SmolLM2-135M (NF4 base when quantized)."""
-    from common import load_smollm2
-    from minilora.lora import LoraConfig, get_lora_model
-    from minilora.optim import AdamW
-    model, _ = load_smollm2(quantized)
-    model.gradient_checkpointing = True
-    lora = get_lora_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    lora.train()
-    return lora, AdamW(lora.trainable_parameters(), lr=1e-4)
 
 
 def skipping(flag: bool) -> None:
@@ -64,52 +46,28 @@ def skipping(flag: bool) -> None:
     Linear.value_optional = Linear4bit.value_optional = flag
 
 
-def measure(method: str, args, ids, targets) -> dict:
-    from minilora.models.transformer import lm_loss
-    copies = {"skip": training_copy(method == "qlora"), "full recompute": training_copy(method == "qlora")}
-
-    def step(name):
-        lora, optimizer = copies[name]
-        skipping(name == "skip")
-        optimizer.zero_grad()
-        t0 = time.perf_counter()
-        loss = lm_loss(lora, ids, targets)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - t0, float(loss.data)
-
+def measure(method: str, args) -> dict:
+    from common import lora_training_copy, paired_steps
+    quantized = method == "qlora"
+    copies = {name: lora_training_copy(quantized, checkpointing=True) for name in ("skip", "full recompute")}
     try:
-        for name in copies:
-            step(name)  # warm-up
-        seconds = {name: [] for name in copies}
-        losses = {name: [] for name in copies}
-        for i in range(args.rounds):
-            for name in (list(copies) if i % 2 == 0 else list(copies)[::-1]):
-                dt, loss = step(name)
-                seconds[name].append(dt)
-                losses[name].append(loss)
+        run = paired_steps(copies, args.rounds, args.batch, args.seq, before_step=lambda name: skipping(name == "skip"))
     finally:
         skipping(True)
-    ratios = [s / f for s, f in zip(seconds["skip"], seconds["full recompute"])]
-    return dict(seconds=seconds, losses=losses, paired_ratio=statistics.median(ratios),
-                same_losses=losses["skip"] == losses["full recompute"],
-                median_step_s={name: statistics.median(v) for name, v in seconds.items()})
+    run["median_step_s"] = {name: statistics.median(v) for name, v in run["seconds"].items()}
+    return run
 
 
 def main(argv=None) -> dict:
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     args = parse_args(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    sys.path[:0] = [HERE, os.path.dirname(HERE)]
-    import numpy as np
-
     from common import machine, table, write_json
     from minilora.runtime import tune_allocator
     tune_allocator()
-    tokens = np.random.default_rng(0).integers(0, 49152, (args.batch, args.seq + 1))
-    ids, targets = tokens[:, :-1], tokens[:, 1:]
     info = dict(machine(), load_average_start=os.getloadavg())
-    results = {m: measure(m, args, ids, targets) for m in args.methods}
+    results = {m: measure(m, args) for m in args.methods}
     rows = [dict(method=f"{m} + checkpointing", skip_s=r["median_step_s"]["skip"],
                  full_recompute_s=r["median_step_s"]["full recompute"], paired_ratio=r["paired_ratio"],
                  same_losses=r["same_losses"]) for m, r in results.items()]

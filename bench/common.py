@@ -81,3 +81,74 @@ def load_smollm2(quantized: bool):
     model = load_pretrained("smollm2-135m")[0]
     quant.quantize_model(model, quant_type="nf4", double_quant=True)
     return model, "float32 load, then quantize_model (nf4 + double quant)"
+
+
+# ------------------------------------------------------------------ paired training steps
+
+def add_paired_arguments(parser, json_name: str, rounds: int) -> None:
+    """--rounds/--batch/--seq/--threads/--json of a bench that alternates training steps between copies."""
+    parser.add_argument("--rounds", type=int, default=rounds, help="timed steps per copy after one warm-up (paired)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2, help="BLAS threads (set before NumPy loads)")
+    parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                       json_name))
+
+
+def check_positive(parser, args, names) -> None:
+    for name in names:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive")
+
+
+def lora_training_copy(quantized: bool = False, checkpointing: bool = False, prepare=None):
+    """(LoRA model, AdamW) over a fresh SmolLM2-135M as compare_torch's rows train it: LoRA r=8 on q/v,
+    alpha 16, lr 1e-4; the NF4 base when quantized. prepare(model) runs on the base first."""
+    from minilora.lora import LoraConfig, get_lora_model
+    from minilora.optim import AdamW
+    model, _ = load_smollm2(quantized)
+    if prepare is not None:
+        prepare(model)
+    model.gradient_checkpointing = checkpointing
+    lora = get_lora_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    lora.train()
+    return lora, AdamW(lora.trainable_parameters(), lr=1e-4)
+
+
+def paired_steps(copies: dict, rounds: int, batch: int, seq: int, before_step=None) -> dict:
+    """Training steps (zero_grad, lm_loss on random tokens, backward, AdamW step) alternating between
+    copies {name: (model, optimizer)}: one warm-up each, then ``rounds`` rounds, the order reversed every
+    round, so that each round's pair sees the same machine state. before_step(name) runs before each.
+
+    -> {"seconds": {name: [...]}, "losses": {name: [...]}, "paired_ratio": median of first / second
+    copy per round, "same_losses": bool}."""
+    import numpy as np
+
+    from minilora.models.transformer import lm_loss
+    tokens = np.random.default_rng(0).integers(0, 49152, (batch, seq + 1))
+    ids, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def step(name):
+        if before_step is not None:
+            before_step(name)
+        model, optimizer = copies[name]
+        optimizer.zero_grad()
+        t0 = time.perf_counter()
+        loss = lm_loss(model, ids, targets)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - t0, float(loss.data)
+
+    for name in copies:
+        step(name)  # warm-up
+    names = list(copies)
+    seconds, losses = {n: [] for n in names}, {n: [] for n in names}
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            dt, loss = step(name)
+            seconds[name].append(dt)
+            losses[name].append(loss)
+    first, second = names[0], names[1]
+    ratios = [a / b for a, b in zip(seconds[first], seconds[second])]
+    return dict(seconds=seconds, losses=losses, paired_ratio=statistics.median(ratios),
+                same_losses=losses[first] == losses[second])
