@@ -18,8 +18,8 @@ tracemalloc's counters around one phase of a step (after one warm-up step):
 The lifetime peak (loading included) is reported beside it.
 
 It also times the step with the 4-bit layers' keep-for-backward modes alternated in one process
-(quant.linear4bit.set_keep_dequantized), and sweeps lm_loss's chunk size on the (N, C) x (V, C)
-head: time and traced peak of the fused loss and gradient at each chunk size and unchunked.
+(quant.linear4bit.set_keep_dequantized), and sweeps lm_loss's tile size on the (N, C) x (V, C)
+head: time and traced peak of the fused loss and gradient at each tile size (rows x classes) and unchunked.
 
 Usage: python bench/bench_memory.py [--configs lora,qlora_ckpt,...] [--steps 3] [--json PATH]
 Writes bench/results/bench_memory.json and prints tables.
@@ -160,42 +160,54 @@ def one_config(name: str, args) -> dict:
     return result
 
 
-def chunk_sweep(args, chunks=(16, 32, 64, 128, 256, None), repeats: int = 3) -> list:
-    """Fused head + loss + gradient (w.r.t. h) on SmolLM2's head shape at each chunk size."""
+TILES = ((128, None), (256, None), (128, 4096), (256, 4096), (512, 2048), (512, 4096), (512, 8192), None)
+
+
+def chunk_sweep(args, tiles=TILES, repeats: int = 3) -> list:
+    """Fused head + loss + gradient (w.r.t. h) on SmolLM2's head shape at each tile size."""
+    return sweep_tiles(args.batch * args.seq, 576, 49152, tiles, repeats)
+
+
+def sweep_tiles(n: int, c: int, v: int, tiles, repeats: int) -> list:
+    """[{chunk_rows, chunk_classes, seconds (median), traced_peak_MiB}] of the fused loss and gh on random
+    h (n, c), W (v, c) for each (rows, classes) tile (classes None: the whole vocabulary), and unchunked
+    (``None``: kernels.linear then kernels.cross_entropy, the (n, v) logits whole)."""
     import numpy as np
 
     from minilora import kernels
     from minilora.lm_head_loss import LINEAR_CROSS_ENTROPY
     rng = np.random.default_rng(0)
-    n, c, v = args.batch * args.seq, 576, 49152
     h = rng.standard_normal((n, c)).astype(np.float32)
     w = (rng.standard_normal((v, c)) * 0.05).astype(np.float32)
     t = rng.integers(0, v, n)
 
-    def run(chunk):
-        if chunk is None:
+    def run(tile):
+        if tile is None:
             z, vjp_z = kernels.linear.primitive.forward(h, w)
             _, vjp_l = kernels.cross_entropy.primitive.forward(z, t)
             vjp_z(vjp_l(np.float32(1.0), (True, False))[0], (True, False))
         else:
-            _, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=chunk, grad_h=True)
+            rows, classes = tile
+            _, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=rows, chunk_classes=classes or v,
+                                                  needs=(True, False, False))
             vjp(np.float32(1.0), (True, False, False))
 
-    rows = []
-    for chunk in chunks:
-        run(chunk)
+    out = []
+    for tile in tiles:
+        run(tile)
         tracemalloc.start()
-        run(chunk)
+        run(tile)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            run(chunk)
+            run(tile)
             times.append(time.perf_counter() - t0)
-        rows.append({"chunk_rows": chunk or "whole", "seconds": sorted(times)[len(times) // 2],
-                     "traced_peak_MiB": peak / MiB})
-    return rows
+        rows, classes = tile if tile is not None else ("whole", "whole")
+        out.append({"chunk_rows": rows, "chunk_classes": classes or "all", "seconds": sorted(times)[len(times) // 2],
+                    "traced_peak_MiB": peak / MiB})
+    return out
 
 
 def main(argv=None) -> dict:
@@ -226,7 +238,7 @@ def main(argv=None) -> dict:
     print(table(flat, list(flat[0])))
     sweep = [] if args.skip_sweep else chunk_sweep(args)
     if sweep:
-        print(table(sweep, ["chunk_rows", "seconds", "traced_peak_MiB"]))
+        print(table(sweep, ["chunk_rows", "chunk_classes", "seconds", "traced_peak_MiB"]))
     result = dict(benchmark="bench_memory", machine=info, load_average_end=os.getloadavg(),
                   settings=dict(batch=args.batch, seq=args.seq, threads=args.threads, steps=args.steps,
                                 lora=dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])),

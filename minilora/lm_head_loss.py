@@ -1,37 +1,45 @@
-"""lm_head + cross entropy in row chunks: the (N, V) logits, softmax and gradient never exist whole.
+"""lm_head + cross entropy in tiles of rows x classes: the (N, V) logits, softmax and gradient never exist whole.
 
-For hidden states h (N, C), the head weight W (V, C) and targets t (N,) (ignore_index skipped):
+For hidden states h (N, C), the head weight W (V, C) and targets t (N,) (ignore_index skipped), with
+s_n = 1 / n_valid on valid rows and 0 on ignored ones:
 
-    z_n   = W h_n                                          (V,)  logits of row n
-    loss  = sum_valid (logsumexp(z_n) - z_n[t_n]) / n_valid
-    dz_n  = (softmax(z_n) - onehot(t_n)) s_n,    s_n = 1 / n_valid on valid rows, 0 on ignored rows
-    gh    = dz W = (softmax(z) s) W - s W[t]          (N, C)
-    gW    = dz^T h = (softmax(z) s)^T h - scatter_add_t(s h)       (V, C)
+    loss  = sum_n s_n (lse_n - h_n . W[t_n]),      lse_n = logsumexp_v (W h_n)_v
+    gh    = (softmax(h W^T) s) W - s W[t]                                   (N, C)
+    gW    = (softmax(h W^T) s)^T h - scatter_add_t(s h)                     (V, C)
 
-The rows are taken ``chunk_rows`` at a time: one chunk's logits (R, V) are computed, reduced to its
-loss terms and, when gradients are wanted, scaled into softmax(z) s in place and multiplied straight
-into gh (and gW); then the chunk dies. The one-hot part is a gather of R rows of W (and, for gW, one
-scatter-add at the end), so no (R, V) one-hot array is ever made. Peak extra memory is one (R, V)
-array instead of three (N, V) ones: for SmolLM2 at batch 4 x 128 (N = 512, V = 49152) that is
-24 MiB at R = 128 against 96 MiB per array at R = N. 128 rows, not fewer: the (R, 576) x (576, 49152)
-products run at 99 GFLOP/s with 64 rows, 132 with 128 and 147 with 256 on the 2-core VM
-(bench/results/bench_memory.json has the chunk sweep; docs/speed.md).
+Rows are taken ``chunk_rows`` at a time and, within them, the vocabulary ``chunk_classes`` at a time:
+a tile's logits z = h_R W_j^T (R, Vj) update a running row max m and sum l (online softmax,
+Milakov & Gimelshein 2018) and, when h needs a gradient, a running product a = sum_j exp(z_j - m) W_j:
+
+    m' = max(m, max_v z_j),   c = exp(m - m'),   l' = c l + sum_v exp(z_j - m'),   a' = c a + exp(z_j - m') W_j
+
+so that after the last tile lse = m + log l and softmax(z) W = a / l: one sweep, each weight block read
+once per row chunk while its logits are still in cache. gW needs the final lse in every tile, so when
+W needs a gradient a second sweep recomputes each tile's logits (one more GEMM per tile). The one-hot
+terms are a gather of the target rows of W (and, for gW, one scatter-add), never an (N, V) array.
+Peak extra memory is one tile: 8 MiB at the default 512 x 4096 against 96 MiB per (512, 49152) array.
+The default was measured on SmolLM2's head on the 2-core VM: head + loss + gh in 0.84-0.86x the time
+of 128-row chunks over the whole vocabulary (412 against 480 ms, whose (128, 49152) logits fall out of
+cache between the two products); 8192 or 16384 classes were no faster beyond noise (docs/speed.md).
 
 The gradient is computed in the forward pass (the loss is a scalar, so the VJP only scales the
-stored gh, gW by the cotangent g): no logits are kept for backward and none are recomputed. Which
-gradients to compute is decided when the op runs (an input that requires grad, with gradients
-enabled), so evaluation under ``no_grad`` costs only the loss. The result equals
-``kernels.cross_entropy(h W^T, t)`` to float32 rounding (tests/core/test_lm_head_loss.py).
+stored gh, gW by the cotangent g): no logits are kept for backward. Which gradients to compute is
+decided when the op runs (an input that requires grad, with gradients enabled), so evaluation under
+``no_grad`` costs only the loss. The result equals ``kernels.cross_entropy(h W^T, t)`` to float32
+rounding (tests/core/test_lm_head_loss.py).
 
 Like ``linear_4bit``, the op is a private Primitive (applied with ``tensor.apply``): it is the fused
 composite ``cross_entropy(linear(h, W), t)``, and its tests check it against exactly that.
 """
 from __future__ import annotations
 
+import math
+
 from . import backend
 from .tensor import Primitive, Tensor, apply
 
-DEFAULT_CHUNK_ROWS = 128  # GEMM rate against chunk memory: see the module doc and docs/speed.md
+DEFAULT_CHUNK_ROWS = 512  # a tile of 512 x 4096 float32 logits is 8 MiB: see the module doc
+DEFAULT_CHUNK_CLASSES = 4096
 
 
 def _check(xp, h, weight, targets, ignore_index):
@@ -56,8 +64,37 @@ def _exp_in_place(xp, z):
     return xp.exp(z)
 
 
-def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS, needs=(False, False, False)):
-    """loss (scalar) and its VJP; gh (N, C) and gW (V, C) are filled chunk by chunk when ``needs`` asks
+def _tiles(total: int, size: int):
+    """(start, stop) runs of ``size`` covering [0, total) (the last one may be short)."""
+    return [(lo, min(lo + size, total)) for lo in range(0, total, size)]
+
+
+def _row_chunk(xp, hc, weight, chunk_classes, grad_h):
+    """lse (R,) of the logits hc W^T, and softmax(hc W^T) W (R, C) when grad_h, by the online sweep."""
+    r = hc.shape[0]
+    m = xp.full((r, 1), -math.inf, dtype=hc.dtype)  # running row max
+    l = xp.zeros((r, 1), dtype=hc.dtype)  # running sum of exp(z - m)
+    a = xp.zeros(hc.shape, dtype=hc.dtype) if grad_h else None  # running sum of exp(z - m) W_j
+    for lo, hi in _tiles(weight.shape[0], chunk_classes):
+        wj = weight[lo:hi, :]  # (Vj, C)
+        z = xp.matmul(hc, wj.mT)  # (R, Vj) logits of this tile
+        m_new = xp.maximum(m, xp.max(z, axis=1, keepdims=True))
+        c = xp.exp(m - m_new)  # (R, 1) rescales what was summed under the old max
+        z -= m_new
+        z = _exp_in_place(xp, z)
+        l = c * l + xp.sum(z, axis=1, keepdims=True)
+        if a is not None:
+            a *= c
+            a += xp.matmul(z, wj)
+        m = m_new
+        del z  # before the next tile's logits exist
+    lse = m[:, 0] + xp.log(l[:, 0])
+    return lse, (a / l if a is not None else None)
+
+
+def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS,
+             chunk_classes=DEFAULT_CHUNK_CLASSES, needs=(False, False, False)):
+    """loss (scalar) and its VJP; gh (N, C) and gW (V, C) are filled tile by tile when ``needs`` asks
     for them (tensor.apply passes it: the primitive takes_needs)."""
     grad_h, grad_w = needs[0], needs[1]
     xp = backend.namespace_of(h, weight)
@@ -67,26 +104,25 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
     denom = float(n_valid if n_valid else 1)
     scale = xp.where(valid, xp.full(valid.shape, 1.0 / denom, dtype=h.dtype),
                      xp.zeros(valid.shape, dtype=h.dtype))  # (N,) d loss / d (lse_n - z_n[t_n])
+    target_rows = backend.take_rows(xp, weight, safe)  # (N, C) W[t_n]
+    picked = xp.sum(h * target_rows, axis=1)  # (N,) the target logits z_n[t_n]
     gh = xp.zeros(h.shape, dtype=h.dtype) if grad_h else None
     gw = xp.zeros(weight.shape, dtype=weight.dtype) if grad_w else None
     total = xp.zeros((), dtype=h.dtype)
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
-        hc, tc, sc = h[start:stop, :], safe[start:stop], scale[start:stop]
-        z = xp.matmul(hc, weight.mT)  # (R, V) logits of this chunk
-        row_max = xp.max(z, axis=1, keepdims=True)  # (R, 1)
-        picked = xp.take_along_axis(z, xp.reshape(tc, (-1, 1)), axis=1)[:, 0]  # (R,)
-        z -= row_max
-        z = _exp_in_place(xp, z)  # (R, V) unnormalized softmax
-        row_sum = xp.sum(z, axis=1, keepdims=True)  # (R, 1)
-        total = total + xp.sum(sc * (xp.log(row_sum[:, 0]) + row_max[:, 0] - picked))
-        if gh is not None or gw is not None:
-            z *= sc[:, None] / row_sum  # softmax * scale
-            if gh is not None:
-                gh[start:stop, :] = xp.matmul(z, weight) - sc[:, None] * backend.take_rows(xp, weight, tc)  # (R, C)
-            if gw is not None:
-                gw += xp.matmul(z.mT, hc)  # (V, C); the one-hot part follows the loop
-        del z  # before the next chunk's logits exist: one chunk at a time
+    for start, stop in _tiles(n, chunk_rows):
+        hc, sc = h[start:stop, :], scale[start:stop]
+        lse, soft_w = _row_chunk(xp, hc, weight, chunk_classes, grad_h)
+        total = total + xp.sum(sc * (lse - picked[start:stop]))
+        if gh is not None:
+            gh[start:stop, :] = sc[:, None] * (soft_w - target_rows[start:stop, :])  # (R, C)
+        if gw is not None:  # the second sweep: softmax(z) s per tile, now that lse is known
+            for lo, hi in _tiles(v, chunk_classes):
+                p = xp.matmul(hc, weight[lo:hi, :].mT)  # (R, Vj)
+                p -= lse[:, None]
+                p = _exp_in_place(xp, p)
+                p *= sc[:, None]
+                gw[lo:hi, :] += xp.matmul(p.mT, hc)  # (Vj, C)
+                del p
     if gw is not None:
         gw -= backend.scatter_add(xp, v, safe, scale[:, None] * h)  # row t_n of W gets - s_n h_n
 
@@ -98,15 +134,18 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
 LINEAR_CROSS_ENTROPY = Primitive("linear_cross_entropy", _forward, fused=True, takes_needs=True)
 
 
-def linear_cross_entropy(h, weight, targets, ignore_index: int = -100,
-                         chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
+def linear_cross_entropy(h, weight, targets, ignore_index: int = -100, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                         chunk_classes: int = DEFAULT_CHUNK_CLASSES) -> Tensor:
     """Mean cross entropy of logits h W^T (never formed whole) against targets; see the module doc.
 
     h (N, C) Tensor, weight (V, C) Tensor (e.g. lm_head.weight), targets int (N,) array -> scalar.
+    The logits are made ``chunk_rows`` x ``chunk_classes`` at a time.
     """
-    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0:
-        raise ValueError(f"linear_cross_entropy: chunk_rows must be a positive integer, got {chunk_rows!r}")
+    for name, size in (("chunk_rows", chunk_rows), ("chunk_classes", chunk_classes)):
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise ValueError(f"linear_cross_entropy: {name} must be a positive integer, got {size!r}")
     h = h if isinstance(h, Tensor) else Tensor(h)
     weight = weight if isinstance(weight, Tensor) else Tensor(weight)
     targets = targets.data if isinstance(targets, Tensor) else targets
-    return apply(LINEAR_CROSS_ENTROPY, h, weight, targets, ignore_index=ignore_index, chunk_rows=chunk_rows)
+    return apply(LINEAR_CROSS_ENTROPY, h, weight, targets, ignore_index=ignore_index, chunk_rows=chunk_rows,
+                 chunk_classes=chunk_classes)

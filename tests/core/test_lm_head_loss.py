@@ -1,4 +1,4 @@
-"""Chunked lm_head + cross entropy equals cross_entropy(h W^T, t): loss and both gradients, any chunking."""
+"""Tiled lm_head + cross entropy equals cross_entropy(h W^T, t): loss and both gradients, any tiling."""
 from __future__ import annotations
 
 import tracemalloc
@@ -37,11 +37,12 @@ def _unchunked(h, w, t):
 
 
 @given(n=st.integers(1, 13), c=st.integers(1, 6), v=st.integers(1, 9), chunk=st.integers(1, 16),
-       ignored=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
-def test_chunked_equals_unchunked_in_float32(xp, n, c, v, chunk, ignored, seed):
+       classes=st.integers(1, 12), ignored=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_chunked_equals_unchunked_in_float32(xp, n, c, v, chunk, classes, ignored, seed):
     h, w, t = _problem(xp, seed, n, c, v, ignored, np.float32)
     ref = _loss_and_grads(_unchunked, h, w, t)
-    got = _loss_and_grads(lambda a, b, y: linear_cross_entropy(a, b, y, chunk_rows=chunk), h, w, t)
+    got = _loss_and_grads(lambda a, b, y: linear_cross_entropy(a, b, y, chunk_rows=chunk, chunk_classes=classes),
+                          h, w, t)
     for name, a, b in zip(("loss", "grad h", "grad W"), got, ref):
         assert a.dtype == np.float32, name
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name)
@@ -49,7 +50,7 @@ def test_chunked_equals_unchunked_in_float32(xp, n, c, v, chunk, ignored, seed):
 
 def test_gradcheck_float64():
     h, w, t = _problem(np, 3, 7, 4, 11, 0.2, np.float64)
-    gradcheck(lambda a, b: linear_cross_entropy(a, b, t, chunk_rows=3), Tensor(h, requires_grad=True),
+    gradcheck(lambda a, b: linear_cross_entropy(a, b, t, chunk_rows=3, chunk_classes=4), Tensor(h, requires_grad=True),
               Tensor(w, requires_grad=True), rtol=1e-6)
 
 
@@ -63,14 +64,15 @@ def test_only_wanted_gradients_are_computed():
         assert not linear_cross_entropy(hh, Tensor(w, requires_grad=True), t).requires_grad
 
 
-def test_chunk_memory_is_about_one_chunk_not_the_logits():
-    """One (R, V) float32 chunk (exp in place), its boolean one-hot and gh: about 1.3 / 16 of the logits."""
-    n, c, v, chunk = 512, 16, 4096, 32
+@pytest.mark.parametrize("needs", [(True, False, False), (True, True, False)])
+def test_chunk_memory_is_about_one_tile_not_the_logits(needs):
+    """One (R, Vj) float32 tile (exp in place) and gh (and gW): about 1 / 16 of the whole logits."""
+    n, c, v, chunk, classes = 512, 16, 4096, 128, 512
     h, w, t = _problem(np, 5, n, c, v, 0.0, np.float32)
     tracemalloc.start()
     try:
-        loss, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=chunk, needs=(True, False, False))
-        vjp(np.float32(1.0), (True, False, False))
+        loss, vjp = LINEAR_CROSS_ENTROPY.forward(h, w, t, chunk_rows=chunk, chunk_classes=classes, needs=needs)
+        vjp(np.float32(1.0), needs)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -78,11 +80,12 @@ def test_chunk_memory_is_about_one_chunk_not_the_logits():
     assert peak < 0.12 * logits_bytes, f"peak {peak / logits_bytes:.2f} of the whole (N, V) logits"
 
 
+@pytest.mark.parametrize("name", ["chunk_rows", "chunk_classes"])
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
-def test_bad_chunk_rows(bad):
+def test_bad_chunk_sizes(name, bad):
     h, w, t = _problem(np, 0, 3, 2, 4, 0.0, np.float32)
-    with pytest.raises(ValueError, match="chunk_rows"):
-        linear_cross_entropy(Tensor(h), Tensor(w), t, chunk_rows=bad)
+    with pytest.raises(ValueError, match=name):
+        linear_cross_entropy(Tensor(h), Tensor(w), t, **{name: bad})
 
 
 def test_bad_targets():
@@ -111,3 +114,11 @@ def test_lm_loss_chunked_matches_whole_logits(tied):
     assert l1 == pytest.approx(l2, rel=1e-5)
     for k in g1:
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_bench_memory_tile_sweep_runs_every_tile():
+    """bench/bench_memory.py's sweep calls the kernel as it is now (it once passed a keyword the op had lost)."""
+    from bench.bench_memory import sweep_tiles
+    rows = sweep_tiles(24, 4, 40, ((8, None), (8, 16), None), repeats=1)
+    assert [(r["chunk_rows"], r["chunk_classes"]) for r in rows] == [(8, "all"), (8, 16), ("whole", "whole")]
+    assert all(r["seconds"] > 0 and r["traced_peak_MiB"] > 0 for r in rows)
