@@ -3,7 +3,7 @@
 For hidden states h (N, C), the head weight W (V, C) and targets t (N,) (ignore_index skipped), with
 s_n = 1 / n_valid on valid rows and 0 on ignored ones:
 
-    loss  = sum_n s_n (lse_n - h_n . W[t_n]),      lse_n = logsumexp_v (W h_n)_v
+    loss  = sum_n s_n (lse_n - z_n[t_n]),      z_n = W h_n,  lse_n = logsumexp_v z_n
     gh    = (softmax(h W^T) s) W - s W[t]                                   (N, C)
     gW    = (softmax(h W^T) s)^T h - scatter_add_t(s h)                     (V, C)
 
@@ -14,11 +14,13 @@ Milakov & Gimelshein 2018) and, when h needs a gradient, a running product a = s
     m' = max(m, max_v z_j),   c = exp(m - m'),   l' = c l + sum_v exp(z_j - m'),   a' = c a + exp(z_j - m') W_j
 
 so that after the last tile lse = m + log l and softmax(z) W = a / l: one sweep, each weight block read
-once per row chunk while its logits are still in cache. gW needs the final lse in every tile, so when
+once per row chunk while its logits are still in cache. The target logit z[t] is picked from the tile
+that holds it and a row's loss is summed as (m - z[t]) + log l: two terms >= 0 from the same products,
+so a confidently predicted row keeps its small loss and never goes below zero. gW needs the final lse in every tile, so when
 W needs a gradient a second sweep recomputes each tile's logits (one more GEMM per tile). The one-hot
 terms are a gather of the target rows of W (and, for gW, one scatter-add), never an (N, V) array.
 Peak extra memory is one tile: 8 MiB at the default 512 x 4096 against 96 MiB per (512, 49152) array.
-The default was measured on SmolLM2's head on the 2-core VM: head + loss + gh in 0.84-0.86x the time
+The default was measured on SmolLM2's head on the 2-core VM: head + loss + gh in 0.84-0.88x the time
 of 128-row chunks over the whole vocabulary (412 against 480 ms, whose (128, 49152) logits fall out of
 cache between the two products); 8192 or 16384 classes were no faster beyond noise (docs/speed.md).
 
@@ -69,15 +71,20 @@ def _tiles(total: int, size: int):
     return [(lo, min(lo + size, total)) for lo in range(0, total, size)]
 
 
-def _row_chunk(xp, hc, weight, chunk_classes, grad_h):
-    """lse (R,) of the logits hc W^T, and softmax(hc W^T) W (R, C) when grad_h, by the online sweep."""
+def _row_chunk(xp, hc, tc, weight, chunk_classes, grad_h):
+    """By the online sweep over the logits z = hc W^T: the row max m (R,), log sum exp(z - m) (R,), the
+    target logits z[r, tc[r]] (R,) and, when grad_h, softmax(z) W (R, C). lse = m + log sum."""
     r = hc.shape[0]
+    picked = xp.zeros((r,), dtype=hc.dtype)
     m = xp.full((r, 1), -math.inf, dtype=hc.dtype)  # running row max
     l = xp.zeros((r, 1), dtype=hc.dtype)  # running sum of exp(z - m)
     a = xp.zeros(hc.shape, dtype=hc.dtype) if grad_h else None  # running sum of exp(z - m) W_j
     for lo, hi in _tiles(weight.shape[0], chunk_classes):
         wj = weight[lo:hi, :]  # (Vj, C)
         z = xp.matmul(hc, wj.mT)  # (R, Vj) logits of this tile
+        inside = (tc >= lo) & (tc < hi)  # rows whose target is in this tile
+        at = xp.reshape(xp.where(inside, tc - lo, xp.zeros_like(tc)), (-1, 1))
+        picked = xp.where(inside, xp.take_along_axis(z, at, axis=1)[:, 0], picked)
         m_new = xp.maximum(m, xp.max(z, axis=1, keepdims=True))
         c = xp.exp(m - m_new)  # (R, 1) rescales what was summed under the old max
         z -= m_new
@@ -88,8 +95,7 @@ def _row_chunk(xp, hc, weight, chunk_classes, grad_h):
             a += xp.matmul(z, wj)
         m = m_new
         del z  # before the next tile's logits exist
-    lse = m[:, 0] + xp.log(l[:, 0])
-    return lse, (a / l if a is not None else None)
+    return m[:, 0], xp.log(l[:, 0]), picked, (a / l if a is not None else None)
 
 
 def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_ROWS,
@@ -104,18 +110,18 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
     denom = float(n_valid if n_valid else 1)
     scale = xp.where(valid, xp.full(valid.shape, 1.0 / denom, dtype=h.dtype),
                      xp.zeros(valid.shape, dtype=h.dtype))  # (N,) d loss / d (lse_n - z_n[t_n])
-    target_rows = backend.take_rows(xp, weight, safe)  # (N, C) W[t_n]
-    picked = xp.sum(h * target_rows, axis=1)  # (N,) the target logits z_n[t_n]
+    target_rows = backend.take_rows(xp, weight, safe) if grad_h else None  # (N, C) W[t_n]
     gh = xp.zeros(h.shape, dtype=h.dtype) if grad_h else None
     gw = xp.zeros(weight.shape, dtype=weight.dtype) if grad_w else None
     total = xp.zeros((), dtype=h.dtype)
     for start, stop in _tiles(n, chunk_rows):
         hc, sc = h[start:stop, :], scale[start:stop]
-        lse, soft_w = _row_chunk(xp, hc, weight, chunk_classes, grad_h)
-        total = total + xp.sum(sc * (lse - picked[start:stop]))
+        row_max, log_sum, picked, soft_w = _row_chunk(xp, hc, safe[start:stop], weight, chunk_classes, grad_h)
+        total = total + xp.sum(sc * ((row_max - picked) + log_sum))  # lse - z[t], both terms >= 0
         if gh is not None:
             gh[start:stop, :] = sc[:, None] * (soft_w - target_rows[start:stop, :])  # (R, C)
         if gw is not None:  # the second sweep: softmax(z) s per tile, now that lse is known
+            lse = row_max + log_sum
             for lo, hi in _tiles(v, chunk_classes):
                 p = xp.matmul(hc, weight[lo:hi, :].mT)  # (R, Vj)
                 p -= lse[:, None]

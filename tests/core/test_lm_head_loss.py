@@ -122,3 +122,21 @@ def test_bench_memory_tile_sweep_runs_every_tile():
     rows = sweep_tiles(24, 4, 40, ((8, None), (8, 16), None), repeats=1)
     assert [(r["chunk_rows"], r["chunk_classes"]) for r in rows] == [(8, "all"), (8, 16), ("whole", "whole")]
     assert all(r["seconds"] > 0 and r["traced_peak_MiB"] > 0 for r in rows)
+
+
+def test_a_confident_row_never_gets_a_negative_loss():
+    """A row's loss is (max z - z[t]) + log sum exp(z - max z), both terms from the same tile products
+    and >= 0, so a row the model predicts with near certainty keeps its small loss to float32's digits
+    near 1 and never goes below zero. Summed as (max + log sum) - z[t], or with z[t] recomputed as
+    h . W[t], it would be off by about one unit in the last place of |z| ~ 100 (7.6e-6) either way."""
+    rng = np.random.default_rng(7)
+    c, v = 32, 1000
+    w = rng.standard_normal((v, c)).astype(np.float32)
+    for row in range(24):
+        t = rng.integers(0, v, 1)
+        h = (w[t] * 3.0 + rng.standard_normal((1, c)) * 0.01).astype(np.float32)  # z[t] ~ 100, the rest < 60
+        z = h.astype(np.float64) @ w.T.astype(np.float64)  # (1, V)
+        exact = float(np.log(np.exp(z - z.max()).sum()) + z.max() - z[0, t[0]])  # float64, ~0 to 1e-5
+        for classes in (v, 128, 300):
+            loss = float(linear_cross_entropy(Tensor(h), Tensor(w), t, chunk_classes=classes).data)
+            assert loss >= 0.0 and abs(loss - exact) <= 2e-7 + 0.1 * exact, (row, classes, loss, exact)
