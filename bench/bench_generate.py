@@ -130,9 +130,9 @@ def minilora_round(model, prompt, new_tokens: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # before NumPy loads
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
+    from common import set_blas_threads_env
+    set_blas_threads_env(args.threads)
     import numpy as np
 
     if args.malloc_tuning:

@@ -43,9 +43,8 @@ def decode_a_few_tokens(model) -> None:
 def main(argv=None) -> dict:
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
     args = parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    from common import lora_training_copy, machine, paired_steps, table, write_json
+    from common import lora_training_copy, machine, paired_steps, set_blas_threads_env, table, write_json
+    set_blas_threads_env(args.threads)
     from minilora.runtime import tune_allocator
     tune_allocator()
     copies = {"decoded first": lora_training_copy(prepare=decode_a_few_tokens), "fresh": lora_training_copy()}

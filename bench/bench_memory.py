@@ -36,13 +36,12 @@ import tracemalloc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from minilora.lm_head_loss import DEFAULT_CHUNK_ROWS  # noqa: E402
-CONFIGS = {  # name: (4-bit base, gradient checkpointing, lm_loss chunk_rows, 4-bit keep mode; None: default)
-    "lora": (False, False, DEFAULT_CHUNK_ROWS, None), "lora_ckpt": (False, True, DEFAULT_CHUNK_ROWS, None),
-    "qlora": (True, False, DEFAULT_CHUNK_ROWS, None), "qlora_ckpt": (True, True, DEFAULT_CHUNK_ROWS, None),
-    "qlora_ckpt_keep_never": (True, True, DEFAULT_CHUNK_ROWS, "never"),
-    "qlora_ckpt_keep_recompute": (True, True, DEFAULT_CHUNK_ROWS, "recompute"),
-    "qlora_ckpt_whole_logits": (True, True, None, None), "lora_whole_logits": (False, False, None, None),
+CONFIGS = {  # name: (4-bit base, gradient checkpointing, tiled loss (else whole logits), 4-bit keep mode; None: default)
+    "lora": (False, False, True, None), "lora_ckpt": (False, True, True, None),
+    "qlora": (True, False, True, None), "qlora_ckpt": (True, True, True, None),
+    "qlora_ckpt_keep_never": (True, True, True, "never"),
+    "qlora_ckpt_keep_recompute": (True, True, True, "recompute"),
+    "qlora_ckpt_whole_logits": (True, True, False, None), "lora_whole_logits": (False, False, False, None),
 }
 MiB = 2 ** 20
 
@@ -88,10 +87,12 @@ def one_config(name: str, args) -> dict:
     from minilora.quant import linear4bit
     from minilora.runtime import tune_allocator
     from minilora import functional as F, ops
+    from minilora.lm_head_loss import DEFAULT_CHUNK_ROWS
     from common import load_smollm2, proc_status_bytes, release_free_heap, reset_peak_rss
 
     tune_allocator()
-    quantized, checkpointing, chunk, keep = CONFIGS[name]
+    quantized, checkpointing, tiled, keep = CONFIGS[name]
+    chunk = DEFAULT_CHUNK_ROWS if tiled else None  # lm_loss's chunk_rows
     if keep is not None:
         linear4bit.set_keep_dequantized(keep)
     keep = linear4bit.get_keep_dequantized()
@@ -216,10 +217,9 @@ def main(argv=None) -> dict:
         sys.path.insert(0, HERE)
         print("@@" + json.dumps(one_config(args.one, args)))
         return {}
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
     sys.path.insert(0, HERE)
-    from common import machine, table, write_json
+    from common import machine, set_blas_threads_env, table, write_json
+    set_blas_threads_env(args.threads)  # this process's tile sweep and every configuration's child
     info = dict(machine(), load_average_start=os.getloadavg())
     print(f"batch {args.batch} x {args.seq}, {args.threads} threads; load average {info['load_average_start']}")
     rows = []

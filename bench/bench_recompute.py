@@ -61,9 +61,8 @@ def measure(method: str, args) -> dict:
 def main(argv=None) -> dict:
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
     args = parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    from common import machine, table, write_json
+    from common import machine, set_blas_threads_env, table, write_json
+    set_blas_threads_env(args.threads)
     from minilora.runtime import tune_allocator
     tune_allocator()
     info = dict(machine(), load_average_start=os.getloadavg())

@@ -175,12 +175,12 @@ def machine_info(np) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads is not None:  # must happen before NumPy (and its BLAS) is loaded
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
-    tuned = tune_malloc() if args.malloc_tuning else False
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [here, os.path.dirname(here)]  # bench/common.py and the minilora package
+    if args.threads is not None:
+        from common import set_blas_threads_env
+        set_blas_threads_env(args.threads)
+    tuned = tune_malloc() if args.malloc_tuning else False
     import numpy as np
 
     cfg, model = build(args)

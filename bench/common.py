@@ -5,7 +5,20 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+
+
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_blas_threads_env(threads: int) -> None:
+    """BLAS threads for this process and the ones it starts. BLAS reads these variables once, when
+    NumPy loads, so setting them later would be silently ignored: that raises instead."""
+    if "numpy" in sys.modules:
+        raise RuntimeError("set_blas_threads_env: NumPy is already loaded, its BLAS would ignore the thread count")
+    for var in BLAS_THREAD_VARS:
+        os.environ[var] = str(threads)
 
 
 def machine() -> dict:

@@ -222,8 +222,9 @@ def worker(framework: str, task: str, args) -> None:
     """Line protocol on stdin/stdout: after setup send {"ready"}; "run" -> one timing; "done" -> RSS, exit."""
     out = sys.stdout
     sys.stdout = sys.stderr  # library chatter must not mix with the protocol
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    sys.path.insert(0, HERE)
+    from common import set_blas_threads_env
+    set_blas_threads_env(args.threads)
     tuned = False
     if framework == "minilora" and args.malloc_tuning:
         sys.path.insert(0, HERE)
@@ -381,8 +382,9 @@ def profile(args, top: int = 25) -> dict:
     import cProfile
     import io
     import pstats
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # effective only if NumPy is not loaded yet (it is not, here)
+    sys.path.insert(0, HERE)
+    from common import set_blas_threads_env
+    set_blas_threads_env(args.threads)
     run = minilora_setup(args.profile, args)
     run()
     profiler = cProfile.Profile()
