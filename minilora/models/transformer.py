@@ -171,10 +171,10 @@ def lm_loss(model, input_ids, targets, ignore_index: int = -100, chunk_rows: int
     not count. Returns the mean over counted positions (a scalar Tensor).
 
     When ``model`` is a Transformer (or a LoRA wrapper of one) whose lm_head is a plain bias-free
-    Linear (tied or not), the head and the loss run fused in tiles of ``chunk_rows`` rows (by
-    lm_head_loss's default number of classes; lm_head_loss.linear_cross_entropy): the (B*T, V)
-    logits never exist whole. ``chunk_rows=None``,
-    or any other head (LoRA on lm_head, 4-bit, modules_to_save), computes the whole logits.
+    Linear (tied or not), the head and the loss run fused in tiles of ``chunk_rows`` rows by
+    lm_head_loss's default number of classes (lm_head_loss.linear_cross_entropy): the (B*T, V)
+    logits never exist whole. ``chunk_rows=None``, or any other head (LoRA on lm_head, 4-bit,
+    modules_to_save), computes the whole logits.
     """
     lm = _language_model(model)
     head = None if lm is None else lm.lm_head
