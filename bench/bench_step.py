@@ -4,7 +4,9 @@ The step is forward + loss + backward of the Llama-style decoder (random weights
 B x T tokens) with the base frozen except every q_proj and v_proj weight, which train fully.
 
 FLOPs are counted analytically, 2*M*K*N per GEMM: the forward projections, the attention products
-and the lm_head; in backward only the GEMMs that are actually needed -- grad-x wherever something
+and the lm_head, the last as the loss runs it (minilora/lm_head_loss.py: tiles of at most
+DEFAULT_CHUNK_ROWS rows x DEFAULT_CHUNK_CLASSES classes, a logits product and a grad-x product per
+tile); in backward only the GEMMs that are actually needed -- grad-x wherever something
 upstream requires a gradient (not for layer 0's q/k/v inputs, which come from the frozen embedding),
 grad-W for q_proj and v_proj. The peak is measured in the same run with NumPy alone on exactly
 those GEMM shapes and layouts (best of several repeats each), so
@@ -70,8 +72,9 @@ def step_gemms(cfg, batch: int, seq: int) -> list[dict]:
         add(f"{name} grad-x", "grad_x", n, d_out, d_in, layers - 1 if name in ("q_proj", "k_proj", "v_proj") else layers)
         if name in ("q_proj", "v_proj"):
             add(f"{name} grad-W", "grad_w", d_out, n, d_in, layers)
-    add("lm_head fwd", "linear", n, c, v, 1)
-    add("lm_head grad-x", "grad_x", n, v, c, 1)
+    for (r, vj), count in lm_head_tiles(n, v).items():  # each tile: z = h_R W_j^T, then its grad-x z W_j
+        add(f"lm_head fwd {r}x{vj}", "linear", r, c, vj, count)
+        add(f"lm_head grad-x {r}x{vj}", "grad_x", r, vj, c, count)
     # attention, grouped-query heads folded into rows: (B*nkv, g*T, hs) @ (hs, S) and (g*T, S) @ (S, hs)
     gt, s = groups * seq, seq
     add("attn q k^T fwd", "attn", gt, hs, s, layers, heads_batch)
@@ -83,6 +86,20 @@ def step_gemms(cfg, batch: int, seq: int) -> list[dict]:
     for r in rows:
         r["gflop"] = 2.0 * r["M"] * r["K"] * r["N"] * r["batch"] * r["count"] / 1e9
     return rows
+
+
+def lm_head_tiles(n: int, v: int) -> dict:
+    """{(rows, classes): count} of the loss's tiles over n rows and a vocabulary of v (full, then short)."""
+    from minilora.lm_head_loss import DEFAULT_CHUNK_CLASSES, DEFAULT_CHUNK_ROWS
+    tiles: dict = {}
+    for rows in _tile_sizes(n, DEFAULT_CHUNK_ROWS):
+        for classes in _tile_sizes(v, DEFAULT_CHUNK_CLASSES):
+            tiles[(rows, classes)] = tiles.get((rows, classes), 0) + 1
+    return tiles
+
+
+def _tile_sizes(total: int, size: int) -> list[int]:
+    return [min(size, total - lo) for lo in range(0, total, size)]
 
 
 def measure_gemm(np, row: dict, repeats: int) -> tuple[float, float]:

@@ -424,6 +424,29 @@ def test_bench_flop_count_matches_the_gemms_actually_run(monkeypatch):
     assert sum(executed) == pytest.approx(expected, rel=1e-12)
 
 
+def test_bench_gemm_shapes_are_the_gemms_actually_run(monkeypatch):
+    """bench_step's peak times the step's own shapes: every (M, K, N, batch) as often as the step runs it,
+    the lm_head included as the tiled loss runs it (a vocabulary wider than one tile of classes)."""
+    import collections
+    bench = _load_bench()
+    cfg = tiny(num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, hidden_size=24, vocab_size=5000)
+    model = _qv_only(Transformer(cfg))
+    executed = collections.Counter()
+    real = np.matmul
+
+    def recording(a, b, *args, **kw):
+        out = real(a, b, *args, **kw)
+        executed[(a.shape[-2], a.shape[-1], out.shape[-1], int(np.prod(out.shape[:-2], dtype=np.int64)))] += 1
+        return out
+    monkeypatch.setattr(np, "matmul", recording)
+    lm_loss(model, ids_of(0, 2, 5, vocab=5000), ids_of(1, 2, 5, vocab=5000)).backward()
+    monkeypatch.setattr(np, "matmul", real)
+    counted = collections.Counter()
+    for r in bench.step_gemms(cfg, 2, 5):
+        counted[(r["M"], r["K"], r["N"], r["batch"])] += r["count"]
+    assert counted == executed
+
+
 def test_float32_step_never_upcasts(monkeypatch):
     """Every primitive output of a float32 training step is float32 (rope tables, scalars included)."""
     import minilora.tensor as tensor_module
