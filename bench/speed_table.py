@@ -5,13 +5,19 @@ from the bench JSON files: compare_torch_train.json (training steps and peak RSS
 bandwidth limit) and bench_step.json (LoRA step against the
 shape-matched matmul peak). A file or row that is missing prints as a row marked "not measured".
 
-Usage: python bench/speed_table.py [--results bench/results]
+Step times move 1.5x between runs on a shared machine, so one run's ratio can meet a goal that the
+runs around it miss. ``--train-runs`` takes several compare_torch runs of the same code: a training
+row then shows the median over runs of minilora's and torch's times and of the ratio, marks the goal
+by that median ratio, and says in how many runs the ratio met it.
+
+Usage: python bench/speed_table.py [--results bench/results] [--train-runs a.json b.json ...]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEP_ROWS = (("lora", "LoRA step, no checkpointing", 0.8), ("lora_ckpt", "LoRA step, checkpointing", None),
@@ -28,42 +34,78 @@ def _load(folder: str, name: str):
         return json.load(fh)
 
 
-def _line(label, ours, theirs, ratio, goal, met):
+def _line(label, ours, theirs, ratio, goal, met, runs_met=None):
+    """One Markdown row; ``runs_met`` = (runs whose ratio met the goal, runs), shown when several."""
     mark = "" if met is None else ("**met**" if met else "not met")
+    if mark and runs_met is not None and runs_met[1] > 1:
+        mark += f" ({runs_met[0]} of {runs_met[1]} runs)"
     return f"| {label} | {ours} | {theirs} | {ratio} | {goal} | {mark} |"
 
 
-def rows(folder: str) -> list:
-    out = ["| row | minilora | torch | ratio | goal | met |", "|---|---|---|---|---|---|"]
-    s = dict((_load(folder, "compare_torch_train.json") or {"summary": {}})["summary"])
-    generation = (_load(folder, "compare_torch.json") or {"summary": {}})["summary"].get("generate")
+def _median_row(values: list, goal: float) -> tuple:
+    """(median, met, (runs met, runs)) of per-run ratios against an upper-bound goal."""
+    m = statistics.median(values)
+    return m, m <= goal, (sum(v <= goal for v in values), len(values))
+
+
+def _ratio_cells(ratios: list, goal: float = 0.5) -> tuple:
+    """(ratio, goal, met, runs met) cells of a row whose goal is ratio <= goal."""
+    ratio, met, runs = _median_row(ratios, goal)
+    return f"{ratio:.2f}", f"<= {goal}", met, runs
+
+
+def train_rows(summaries: list) -> list:
+    """The step and peak-RSS rows from compare_torch summaries of one or more runs (medians over runs)."""
+    out = []
+
+    def per_run(task, pick):
+        """pick(summary of task, summary) over the runs that have the task and give a value."""
+        values = [pick(s[task], s) for s in summaries if task in s]
+        return [v for v in values if v is not None]
+
     for task, label, goal in STEP_ROWS:
-        r = s.get(task)
-        if r is None:
+        ratios = per_run(task, lambda r, s: r["time_ratio"])
+        if not ratios:
             out.append(_line(label, "not measured", "", "", f"<= {goal}" if goal else "", None))
             continue
-        out.append(_line(label, f"{r['minilora_s']:.2f} s", f"{r['torch_s']:.2f} s", f"{r['time_ratio']:.2f}",
-                         f"<= {goal}" if goal else "", None if goal is None else r["time_ratio"] <= goal))
+        ours = statistics.median(per_run(task, lambda r, s: r["minilora_s"]))
+        theirs = statistics.median(per_run(task, lambda r, s: r["torch_s"]))
+        ratio, met, runs = _median_row(ratios, goal) if goal else (statistics.median(ratios), None, None)
+        out.append(_line(label, f"{ours:.2f} s", f"{theirs:.2f} s", f"{ratio:.2f}", f"<= {goal}" if goal else "",
+                         met, runs))
     for task, label in RSS_ROWS:
-        r = s.get(task)
-        if r is None:
+        if not per_run(task, lambda r, s: r):
             out.append(_line(label, "not measured", "", "", "<= 0.5", None))
             continue
-        for kind, key, ratio in (("lifetime", "rss_gib", "rss_ratio"), ("while training", "run_rss_gib",
-                                                                           "run_rss_ratio")):
-            a, b, q = r.get(f"minilora_{key}"), r.get(f"torch_{key}"), r.get(ratio)
-            if a is None or b is None or q is None:
-                continue
-            out.append(_line(f"{label} ({kind}) vs torch+bnb", f"{a * 1024:.0f} MiB", f"{b * 1024:.0f} MiB",
-                             f"{q:.2f}", "<= 0.5", q <= 0.5))
-        own = s.get("lora_ckpt" if task == "qlora_ckpt" else "lora")
-        if own is not None:
-            for kind, key in (("lifetime", "rss_gib"), ("while training", "run_rss_gib")):
-                a, b = r.get(f"minilora_{key}"), own.get(f"minilora_{key}")
-                if a and b:
-                    out.append(_line(f"{label} ({kind}) vs minilora's LoRA at the same setting",
-                                     f"{a * 1024:.0f} MiB", f"LoRA: {b * 1024:.0f} MiB (minilora)",
-                                     f"{a / b:.2f}", "<= 0.5", a / b <= 0.5))
+        own_task = "lora_ckpt" if task == "qlora_ckpt" else "lora"
+        kinds = (("lifetime", "rss_gib"), ("while training", "run_rss_gib"))
+        for kind, key in kinds:
+            ratios = per_run(task, lambda r, s: r[f"minilora_{key}"] / r[f"torch_{key}"]
+                             if r.get(f"minilora_{key}") and r.get(f"torch_{key}") else None)
+            if ratios:
+                ours = statistics.median(per_run(task, lambda r, s: r.get(f"minilora_{key}")))
+                theirs = statistics.median(per_run(task, lambda r, s: r.get(f"torch_{key}")))
+                out.append(_line(f"{label} ({kind}) vs torch+bnb", f"{ours * 1024:.0f} MiB", f"{theirs * 1024:.0f} MiB",
+                                 *_ratio_cells(ratios)))
+        for kind, key in kinds:
+            ratios = per_run(task, lambda r, s: r[f"minilora_{key}"] / s[own_task][f"minilora_{key}"]
+                             if own_task in s and r.get(f"minilora_{key}") and s[own_task].get(f"minilora_{key}")
+                             else None)
+            if ratios:
+                ours = statistics.median(per_run(task, lambda r, s: r.get(f"minilora_{key}")))
+                own = statistics.median(per_run(task, lambda r, s: s[own_task].get(f"minilora_{key}")
+                                                if own_task in s else None))
+                out.append(_line(f"{label} ({kind}) vs minilora's LoRA at the same setting", f"{ours * 1024:.0f} MiB",
+                                 f"LoRA: {own * 1024:.0f} MiB (minilora)", *_ratio_cells(ratios)))
+    return out
+
+
+def rows(folder: str, train_runs=("compare_torch_train.json",)) -> list:
+    out = ["| row | minilora | torch | ratio | goal | met |", "|---|---|---|---|---|---|"]
+    summaries = [dict(run["summary"]) for run in (_load(folder, name) for name in train_runs) if run]
+    s = summaries[-1] if summaries else {}
+    generation = (_load(folder, "compare_torch.json") or {"summary": {}})["summary"].get("generate")
+    out += train_rows(summaries)
     bq = _load(folder, "bench_quant.json")
     ours = theirs = None
     for row in (bq or {}).get("throughput", []):
@@ -124,8 +166,10 @@ def memory_rows(folder: str) -> list:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--train-runs", nargs="+", default=["compare_torch_train.json"], metavar="FILE",
+                   help="compare_torch training runs of the same code, in --results: rows take their medians")
     args = p.parse_args(argv)
-    print("\n".join(rows(args.results)))
+    print("\n".join(rows(args.results, args.train_runs)))
     print()
     print("\n".join(memory_rows(args.results)))
 
