@@ -113,10 +113,9 @@ class _LayerArrays:
         b, t, _ = h.shape
         nh, nkv, hs = self.heads
         n1 = _call(kernels.rms_norm, h, self.norm_1[0], eps=self.norm_1[1])
-        qk, v = split_outputs(_call(kernels.linear, n1, self.qkv[0], self.qkv[1]), (self.qkv[2][0] + self.qkv[2][1],
-                                                                                   self.qkv[2][2]))
-        qk = _call(kernels.rope, xp.reshape(qk, (b, t, nh + nkv, hs)), *rope, interleaved=self.interleaved)
-        q, k = qk[:, :, :nh, :], qk[:, :, nh:, :]  # RoPE rotates every head alike: q's and k's in one call
+        q, k, v = split_outputs(_call(kernels.linear, n1, self.qkv[0], self.qkv[1]), self.qkv[2])
+        q = _call(kernels.rope, xp.reshape(q, (b, t, nh, hs)), *rope, interleaved=self.interleaved)
+        k = _call(kernels.rope, xp.reshape(k, (b, t, nkv, hs)), *rope, interleaved=self.interleaved)
         keys, values = cache.append(index, xp.permute_dims(k, (0, 2, 1, 3)),
                                     xp.permute_dims(xp.reshape(v, (b, t, nkv, hs)), (0, 2, 1, 3)))
         y = _call(kernels.attention, xp.permute_dims(q, (0, 2, 1, 3)), keys, values, causal=True)  # (B, nh, T, hs)
