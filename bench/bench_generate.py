@@ -14,7 +14,9 @@ over the decoding steps alone (from the first token to the last).
 
 When torch and transformers import (the reference environment), transformers' ``model.generate`` on
 the same GGUF, prompt and token count runs in a worker process (compare_torch.py's), alternating
-with minilora round by round; the ratio of tokens/s is taken from the medians.
+with minilora round by round; the ratio of tokens/s is taken from the medians. Each step of a round
+(minilora, the bandwidth probe, transformers) starts after a pause (common.settle), once the threads
+of the step before have stopped spinning.
 
 Usage: python bench/bench_generate.py [--rounds 5] [--new-tokens 64] [--threads 2] [--no-torch] [--json PATH]
 """
@@ -131,7 +133,7 @@ def minilora_round(model, prompt, new_tokens: int) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
-    from common import set_blas_threads_env
+    from common import set_blas_threads_env, settle
     set_blas_threads_env(args.threads)
     import numpy as np
 
@@ -168,6 +170,7 @@ def main(argv=None) -> dict:
             if worker is not None:
                 steps.append(lambda: theirs.append(worker.ask("run")))
             for step in (steps if i % 2 == 0 else steps[::-1]):
+                settle()  # the step before it has let go of the cores (common.settle)
                 step()
             if i == 0:  # warm-up: minilora's first call, which lays out the decoder's weights
                 first_call = ours[0]["seconds"]

@@ -21,6 +21,20 @@ def set_blas_threads_env(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
+SETTLE_SECONDS = 0.5
+
+
+def settle(seconds: float = SETTLE_SECONDS) -> None:
+    """A pause before a timed step that follows another framework's (or another kind of) step.
+
+    OpenBLAS's workers busy-wait after each GEMM (OPENBLAS_THREAD_TIMEOUT, 2^28 cycles, about 0.1 s
+    here) and torch's OpenMP threads after each parallel region, so a step started at once would
+    share the cores with the spin-down of the one before; after the pause each starts on idle
+    cores, as it would alone. (Measured 2026-12-03: the effect is within the machine's noise, see
+    docs/speed.md, but the pause costs nothing that is timed.)"""
+    time.sleep(seconds)
+
+
 def machine() -> dict:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d")}

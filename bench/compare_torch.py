@@ -24,9 +24,10 @@ minilora's lm_loss runs lm_head + cross entropy in row chunks; the torch side co
 logits and cross_entropy, as the PEFT recipe does. After setup both workers return freed heap to
 the system (glibc malloc_trim), so "run peak" measures the step, not what loading left behind.
 
-The parent alternates the two workers (order swapped every round) through one warm-up and --steps
-timed repetitions, and reports medians, the ratio minilora / torch (of the medians: what the goals
-read; "paired_ratio" is the median of the per-round ratios beside it), and peak RSS: "rss_peak" is the
+The parent alternates the two workers (order swapped every round, a pause before each step so that
+the other's threads have gone idle: common.settle) through one warm-up and --steps timed
+repetitions, and reports medians, the ratio minilora / torch (of the medians: what the goals read;
+"paired_ratio" is the median of the per-round ratios beside it), and peak RSS: "rss_peak" is the
 process's lifetime peak (the larger of VmHWM read before the reset below and getrusage ru_maxrss at
 the end: resetting VmHWM also resets ru_maxrss), "rss_run_peak" the peak while timing (VmHWM after
 resetting it via /proc/self/clear_refs).
@@ -292,12 +293,14 @@ class Worker:
 
 def measure(task: str, args, log_dir: str) -> dict:
     """Both workers set up side by side, then warm-up + args.steps rounds, alternating who goes first."""
+    from common import settle
     workers = [Worker("minilora", task, args, log_dir), Worker("torch", task, args, log_dir)]
     result = {w.name: {"setup": w.receive(), "runs": []} for w in workers}
     loads = []
     for i in range(args.steps + 1):
         order = workers if i % 2 == 0 else workers[::-1]
         for w in order:
+            settle()  # the other worker's threads have gone idle (common.settle)
             r = w.ask("run")
             if i:  # round 0 is the warm-up
                 result[w.name]["runs"].append(r)

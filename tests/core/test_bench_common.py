@@ -25,3 +25,30 @@ def test_setting_threads_before_numpy_reaches_its_blas():
             "max(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['1', '1', '1'] 1"
+
+
+def test_compare_torch_pauses_before_every_timed_step(monkeypatch, tmp_path):
+    """Each worker's step starts after common.settle, so it does not share the cores with the
+    spin-down of the other framework's threads."""
+    import argparse
+    import types
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    import common
+    import compare_torch
+    events = []
+
+    class FakeWorker:
+        def __init__(self, name, task, args, log_dir):
+            self.name, self.proc = name, types.SimpleNamespace(wait=lambda timeout: 0)
+
+        def receive(self):
+            return {}
+
+        def ask(self, what):
+            events.append((self.name, what))
+            return {"seconds": 1.0} if what == "run" else {}
+    monkeypatch.setattr(compare_torch, "Worker", FakeWorker)
+    monkeypatch.setattr(common, "settle", lambda: events.append("settle"))
+    compare_torch.measure("lora", argparse.Namespace(steps=2), str(tmp_path))
+    runs = [i for i, e in enumerate(events) if e != "settle" and e[1] == "run"]
+    assert len(runs) == 6 and all(events[i - 1] == "settle" for i in runs)
