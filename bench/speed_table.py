@@ -42,61 +42,55 @@ def _line(label, ours, theirs, ratio, goal, met, runs_met=None):
     return f"| {label} | {ours} | {theirs} | {ratio} | {goal} | {mark} |"
 
 
-def _median_row(values: list, goal: float) -> tuple:
-    """(median, met, (runs met, runs)) of per-run ratios against an upper-bound goal."""
-    m = statistics.median(values)
-    return m, m <= goal, (sum(v <= goal for v in values), len(values))
-
-
-def _ratio_cells(ratios: list, goal: float = 0.5) -> tuple:
-    """(ratio, goal, met, runs met) cells of a row whose goal is ratio <= goal."""
-    ratio, met, runs = _median_row(ratios, goal)
-    return f"{ratio:.2f}", f"<= {goal}", met, runs
+def _goal_cells(ratios: list, goal) -> tuple:
+    """(ratio, goal, met, (runs met, runs)) cells for the median of per-run ratios; goal: ratio <= goal."""
+    ratio = statistics.median(ratios)
+    if goal is None:
+        return f"{ratio:.2f}", "", None, None
+    return f"{ratio:.2f}", f"<= {goal}", ratio <= goal, (sum(r <= goal for r in ratios), len(ratios))
 
 
 def train_rows(summaries: list) -> list:
     """The step and peak-RSS rows from compare_torch summaries of one or more runs (medians over runs)."""
     out = []
 
-    def per_run(task, pick):
-        """pick(summary of task, summary) over the runs that have the task and give a value."""
-        values = [pick(s[task], s) for s in summaries if task in s]
+    def per_run(task, value):
+        """value(row of task, its summary) over the runs that have the task, None dropped."""
+        values = [value(s[task], s) for s in summaries if task in s]
         return [v for v in values if v is not None]
+
+    def median_of(task, key, of_task=None):
+        """Median over runs of a summary field (of ``of_task``'s row, default the task's own)."""
+        return statistics.median(per_run(task, lambda r, s: (s.get(of_task) or {}).get(key) if of_task
+                                         else r.get(key)))
 
     for task, label, goal in STEP_ROWS:
         ratios = per_run(task, lambda r, s: r["time_ratio"])
         if not ratios:
             out.append(_line(label, "not measured", "", "", f"<= {goal}" if goal else "", None))
             continue
-        ours = statistics.median(per_run(task, lambda r, s: r["minilora_s"]))
-        theirs = statistics.median(per_run(task, lambda r, s: r["torch_s"]))
-        ratio, met, runs = _median_row(ratios, goal) if goal else (statistics.median(ratios), None, None)
-        out.append(_line(label, f"{ours:.2f} s", f"{theirs:.2f} s", f"{ratio:.2f}", f"<= {goal}" if goal else "",
-                         met, runs))
+        out.append(_line(label, f"{median_of(task, 'minilora_s'):.2f} s", f"{median_of(task, 'torch_s'):.2f} s",
+                         *_goal_cells(ratios, goal)))
     for task, label in RSS_ROWS:
         if not per_run(task, lambda r, s: r):
             out.append(_line(label, "not measured", "", "", "<= 0.5", None))
             continue
         own_task = "lora_ckpt" if task == "qlora_ckpt" else "lora"
-        kinds = (("lifetime", "rss_gib"), ("while training", "run_rss_gib"))
-        for kind, key in kinds:
-            ratios = per_run(task, lambda r, s: r[f"minilora_{key}"] / r[f"torch_{key}"]
-                             if r.get(f"minilora_{key}") and r.get(f"torch_{key}") else None)
+        kinds = (("lifetime", "minilora_rss_gib", "torch_rss_gib"),
+                 ("while training", "minilora_run_rss_gib", "torch_run_rss_gib"))
+        for kind, ours, theirs in kinds:  # against torch + bitsandbytes
+            ratios = per_run(task, lambda r, s: r[ours] / r[theirs] if r.get(ours) and r.get(theirs) else None)
             if ratios:
-                ours = statistics.median(per_run(task, lambda r, s: r.get(f"minilora_{key}")))
-                theirs = statistics.median(per_run(task, lambda r, s: r.get(f"torch_{key}")))
-                out.append(_line(f"{label} ({kind}) vs torch+bnb", f"{ours * 1024:.0f} MiB", f"{theirs * 1024:.0f} MiB",
-                                 *_ratio_cells(ratios)))
-        for kind, key in kinds:
-            ratios = per_run(task, lambda r, s: r[f"minilora_{key}"] / s[own_task][f"minilora_{key}"]
-                             if own_task in s and r.get(f"minilora_{key}") and s[own_task].get(f"minilora_{key}")
-                             else None)
+                out.append(_line(f"{label} ({kind}) vs torch+bnb", f"{median_of(task, ours) * 1024:.0f} MiB",
+                                 f"{median_of(task, theirs) * 1024:.0f} MiB", *_goal_cells(ratios, 0.5)))
+        for kind, ours, _ in kinds:  # against minilora's own LoRA at the same setting, in the same run
+            ratios = per_run(task, lambda r, s: r[ours] / s[own_task][ours]
+                             if r.get(ours) and (s.get(own_task) or {}).get(ours) else None)
             if ratios:
-                ours = statistics.median(per_run(task, lambda r, s: r.get(f"minilora_{key}")))
-                own = statistics.median(per_run(task, lambda r, s: s[own_task].get(f"minilora_{key}")
-                                                if own_task in s else None))
-                out.append(_line(f"{label} ({kind}) vs minilora's LoRA at the same setting", f"{ours * 1024:.0f} MiB",
-                                 f"LoRA: {own * 1024:.0f} MiB (minilora)", *_ratio_cells(ratios)))
+                out.append(_line(f"{label} ({kind}) vs minilora's LoRA at the same setting",
+                                 f"{median_of(task, ours) * 1024:.0f} MiB",
+                                 f"LoRA: {median_of(task, ours, own_task) * 1024:.0f} MiB (minilora)",
+                                 *_goal_cells(ratios, 0.5)))
     return out
 
 
