@@ -8,7 +8,9 @@ shape-matched matmul peak). A file or row that is missing prints as a row marked
 Step times move 1.5x between runs on a shared machine, so one run's ratio can meet a goal that the
 runs around it miss. ``--train-runs`` takes several compare_torch runs of the same code: a training
 row then shows the median over runs of minilora's and torch's times and of the ratio, marks the goal
-by that median ratio, and says in how many runs the ratio met it.
+by that median ratio, and says in how many runs the ratio met it. Without ``--train-runs`` the runs
+are those listed in the results folder's goals_train_runs.txt (one file name per line: the runs
+that docs/speed.md's table reads), else compare_torch_train.json alone.
 
 Usage: python bench/speed_table.py [--results bench/results] [--train-runs a.json b.json ...]
 """
@@ -20,6 +22,7 @@ import os
 import statistics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RUN_LIST = "goals_train_runs.txt"
 STEP_ROWS = (("lora", "LoRA step, no checkpointing", 0.8), ("lora_ckpt", "LoRA step, checkpointing", None),
              ("qlora", "QLoRA step, no checkpointing", 0.85),
              ("qlora_ckpt", "QLoRA step, checkpointing (PEFT's prepare_model_for_kbit_training)", 0.85))
@@ -157,13 +160,25 @@ def memory_rows(folder: str) -> list:
     return out
 
 
+def listed_train_runs(folder: str) -> list:
+    """The run files named in ``folder``/goals_train_runs.txt (blank lines and # comments skipped),
+    or ["compare_torch_train.json"] when there is no such list."""
+    path = os.path.join(folder, RUN_LIST)
+    if not os.path.exists(path):
+        return ["compare_torch_train.json"]
+    with open(path) as fh:
+        names = [line.split("#", 1)[0].strip() for line in fh]
+    return [name for name in names if name]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=os.path.join(HERE, "results"))
-    p.add_argument("--train-runs", nargs="+", default=["compare_torch_train.json"], metavar="FILE",
-                   help="compare_torch training runs of the same code, in --results: rows take their medians")
+    p.add_argument("--train-runs", nargs="+", metavar="FILE",
+                   help=f"compare_torch training runs of the same code, in --results: rows take their medians "
+                        f"(default: the files listed in {RUN_LIST}, else compare_torch_train.json)")
     args = p.parse_args(argv)
-    print("\n".join(rows(args.results, args.train_runs)))
+    print("\n".join(rows(args.results, args.train_runs or listed_train_runs(args.results))))
     print()
     print("\n".join(memory_rows(args.results)))
 

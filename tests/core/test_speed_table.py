@@ -33,3 +33,18 @@ def test_memory_rows_take_the_median_ratio_over_runs():
     assert own[3] == f"{0.7 / 1.125:.2f}" and own[5] == "not met (1 of 3 runs)"
     assert _row(lines, "LoRA step, no checkpointing")[5] == "**met** (3 of 3 runs)"
     assert _row(lines, "QLoRA peak RSS, checkpointing")[1] == "not measured"
+
+
+def test_the_default_runs_are_those_the_results_folder_lists(tmp_path):
+    from bench.speed_table import listed_train_runs
+    assert listed_train_runs(str(tmp_path)) == ["compare_torch_train.json"]
+    (tmp_path / "goals_train_runs.txt").write_text("# the table's runs\nrun_a.json\n\nrun_b.json  # last\n")
+    assert listed_train_runs(str(tmp_path)) == ["run_a.json", "run_b.json"]
+
+
+def test_every_listed_run_exists():
+    """The list docs/speed.md's table is printed from names only files that are there."""
+    import os
+    from bench.speed_table import HERE, listed_train_runs
+    folder = os.path.join(HERE, "results")
+    assert all(os.path.exists(os.path.join(folder, name)) for name in listed_train_runs(folder))
