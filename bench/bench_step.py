@@ -89,17 +89,13 @@ def step_gemms(cfg, batch: int, seq: int) -> list[dict]:
 
 
 def lm_head_tiles(n: int, v: int) -> dict:
-    """{(rows, classes): count} of the loss's tiles over n rows and a vocabulary of v (full, then short)."""
-    from minilora.lm_head_loss import DEFAULT_CHUNK_CLASSES, DEFAULT_CHUNK_ROWS
+    """{(rows, classes): count} of the loss's tiles over n rows and a vocabulary of v (its own tiling)."""
+    from minilora.lm_head_loss import DEFAULT_CHUNK_CLASSES, DEFAULT_CHUNK_ROWS, tile_ranges
     tiles: dict = {}
-    for rows in _tile_sizes(n, DEFAULT_CHUNK_ROWS):
-        for classes in _tile_sizes(v, DEFAULT_CHUNK_CLASSES):
-            tiles[(rows, classes)] = tiles.get((rows, classes), 0) + 1
+    for r0, r1 in tile_ranges(n, DEFAULT_CHUNK_ROWS):
+        for c0, c1 in tile_ranges(v, DEFAULT_CHUNK_CLASSES):
+            tiles[(r1 - r0, c1 - c0)] = tiles.get((r1 - r0, c1 - c0), 0) + 1
     return tiles
-
-
-def _tile_sizes(total: int, size: int) -> list[int]:
-    return [min(size, total - lo) for lo in range(0, total, size)]
 
 
 def measure_gemm(np, row: dict, repeats: int) -> tuple[float, float]:

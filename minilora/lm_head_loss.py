@@ -66,7 +66,7 @@ def _exp_in_place(xp, z):
     return xp.exp(z)
 
 
-def _tiles(total: int, size: int):
+def tile_ranges(total: int, size: int):
     """(start, stop) runs of ``size`` covering [0, total) (the last one may be short)."""
     return [(lo, min(lo + size, total)) for lo in range(0, total, size)]
 
@@ -79,7 +79,7 @@ def _row_chunk(xp, hc, tc, weight, chunk_classes, grad_h):
     m = xp.full((r, 1), -math.inf, dtype=hc.dtype)  # running row max
     l = xp.zeros((r, 1), dtype=hc.dtype)  # running sum of exp(z - m)
     a = xp.zeros(hc.shape, dtype=hc.dtype) if grad_h else None  # running sum of exp(z - m) W_j
-    for lo, hi in _tiles(weight.shape[0], chunk_classes):
+    for lo, hi in tile_ranges(weight.shape[0], chunk_classes):
         wj = weight[lo:hi, :]  # (Vj, C)
         z = xp.matmul(hc, wj.mT)  # (R, Vj) logits of this tile
         inside = (tc >= lo) & (tc < hi)  # rows whose target is in this tile
@@ -114,7 +114,7 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
     gh = xp.zeros(h.shape, dtype=h.dtype) if grad_h else None
     gw = xp.zeros(weight.shape, dtype=weight.dtype) if grad_w else None
     total = xp.zeros((), dtype=h.dtype)
-    for start, stop in _tiles(n, chunk_rows):
+    for start, stop in tile_ranges(n, chunk_rows):
         hc, sc = h[start:stop, :], scale[start:stop]
         row_max, log_sum, picked, soft_w = _row_chunk(xp, hc, safe[start:stop], weight, chunk_classes, grad_h)
         total = total + xp.sum(sc * ((row_max - picked) + log_sum))  # lse - z[t], both terms >= 0
@@ -122,7 +122,7 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
             gh[start:stop, :] = sc[:, None] * (soft_w - target_rows[start:stop, :])  # (R, C)
         if gw is not None:  # the second sweep: softmax(z) s per tile, now that lse is known
             lse = row_max + log_sum
-            for lo, hi in _tiles(v, chunk_classes):
+            for lo, hi in tile_ranges(v, chunk_classes):
                 p = xp.matmul(hc, weight[lo:hi, :].mT)  # (R, Vj)
                 p -= lse[:, None]
                 p = _exp_in_place(xp, p)
