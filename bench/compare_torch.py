@@ -21,8 +21,8 @@ also builds each framework's model for each task) and in the JSON:
 minilora loads the GGUF file (minilora.io.load_pretrained); transformers loads the same GGUF with
 gguf_file= (float32) for lora, lora_ckpt and generate, and for the 4-bit rows a float32 safetensors
 copy of it that the parent writes once (transformers refuses quantization_config with gguf_file).
-minilora's lm_loss runs lm_head + cross entropy in row chunks; the torch side computes the whole
-logits and cross_entropy, as the PEFT recipe does. After setup both workers return freed heap to
+minilora's lm_loss runs lm_head + cross entropy in tiles of rows x classes; the torch side computes
+the whole logits and cross_entropy, as the PEFT recipe does. After setup both workers return freed heap to
 the system (glibc malloc_trim), so "run peak" measures the step, not what loading left behind.
 
 The parent alternates the two workers (order swapped every round, a pause before each step so that

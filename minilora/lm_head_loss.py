@@ -16,9 +16,10 @@ Milakov & Gimelshein 2018) and, when h needs a gradient, a running product a = s
 so that after the last tile lse = m + log l and softmax(z) W = a / l: one sweep, each weight block read
 once per row chunk while its logits are still in cache. The target logit z[t] is picked from the tile
 that holds it and a row's loss is summed as (m - z[t]) + log l: two terms >= 0 from the same products,
-so a confidently predicted row keeps its small loss and never goes below zero. gW needs the final lse in every tile, so when
-W needs a gradient a second sweep recomputes each tile's logits (one more GEMM per tile). The one-hot
-terms are a gather of the target rows of W (and, for gW, one scatter-add), never an (N, V) array.
+so a confidently predicted row keeps its small loss and never goes below zero. gW needs the final
+lse in every tile, so when W needs a gradient a second sweep recomputes each tile's logits (one
+more GEMM per tile). The one-hot terms are a gather of each row chunk's target rows of W (and, for
+gW, one scatter-add), never an (N, V) array.
 Peak extra memory is one tile: 8 MiB at the default 512 x 4096 against 96 MiB per (512, 49152) array.
 The default was measured on SmolLM2's head on the 2-core VM: head + loss + gh in 0.84-0.88x the time
 of 128-row chunks over the whole vocabulary (412 against 480 ms, whose (128, 49152) logits fall out of
@@ -110,7 +111,6 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
     denom = float(n_valid if n_valid else 1)
     scale = xp.where(valid, xp.full(valid.shape, 1.0 / denom, dtype=h.dtype),
                      xp.zeros(valid.shape, dtype=h.dtype))  # (N,) d loss / d (lse_n - z_n[t_n])
-    target_rows = backend.take_rows(xp, weight, safe) if grad_h else None  # (N, C) W[t_n]
     gh = xp.zeros(h.shape, dtype=h.dtype) if grad_h else None
     gw = xp.zeros(weight.shape, dtype=weight.dtype) if grad_w else None
     total = xp.zeros((), dtype=h.dtype)
@@ -119,7 +119,7 @@ def _forward(h, weight, targets, *, ignore_index=-100, chunk_rows=DEFAULT_CHUNK_
         row_max, log_sum, picked, soft_w = _row_chunk(xp, hc, safe[start:stop], weight, chunk_classes, grad_h)
         total = total + xp.sum(sc * ((row_max - picked) + log_sum))  # lse - z[t], both terms >= 0
         if gh is not None:
-            gh[start:stop, :] = sc[:, None] * (soft_w - target_rows[start:stop, :])  # (R, C)
+            gh[start:stop, :] = sc[:, None] * (soft_w - backend.take_rows(xp, weight, safe[start:stop]))  # (R, C)
         if gw is not None:  # the second sweep: softmax(z) s per tile, now that lse is known
             lse = row_max + log_sum
             for lo, hi in tile_ranges(v, chunk_classes):
