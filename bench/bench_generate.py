@@ -7,7 +7,10 @@ Each decoding step reads every weight once, so a step cannot take less than
 where the bandwidth is measured in the same run, between the generation rounds, as an lm_head-shaped
 float32 product W (V, C) @ x with each BLAS thread count the decoder may pick, and in both layouts
 of W: its own rows (V, C) and input-major, W^T stored (C, V), which OpenBLAS streams much faster and
-the decoder uses (models/fused.py). The fastest layout and thread count set the limit.
+the decoder uses (models/fused.py). The fastest layout and thread count set the limit. Each timed
+product reads the next of several copies of W, as many bytes in all as a token reads (cold_copies),
+so that neither the probe nor the per-shape table after the rounds finds its matrix in a cache that
+decoding's 538 MB do not fit in.
 The bench prints bytes/token, that bandwidth, the limit in tokens/s and the fraction minilora
 reaches: end to end (prefill included, as bench/compare_torch.py's generation row counts it) and
 over the decoding steps alone (from the first token to the last).
@@ -61,56 +64,74 @@ def weight_bytes_per_token(model) -> int:
 LAYOUTS = ("rows", "input-major")  # W stored (V, C); W^T stored (C, V) and read as its transpose
 
 
-def gemv_bandwidth(np, shape, thread_counts, repeats: int = 15) -> dict:
-    """{"layout/threads": median bytes/s} of W (V, C) @ x per layout and thread count (threadpoolctl sets it)."""
+def cold_copies(np, w, working_set: int) -> list:
+    """``w`` and copies of it in the same layout, ceil(working_set / w.nbytes) arrays in all.
+
+    A decoding step reads each weight once and then ``working_set`` bytes of others (538 MB for
+    SmolLM2-135M) before reading it again, so a probe that reads one matrix over and over measures
+    whatever cache holds it: on a VM with a 480 MiB L3 (2026-12-03) one (49152, 576) matrix repeated
+    streams 42-44 GB/s, three or more copies in turn 29-30 GB/s, the rate decoding gets.
+    """
+    count = max(1, -(-int(working_set) // int(w.nbytes)))
+    return [w] + [np.copy(w, order="K") for _ in range(count - 1)]  # order K: an input-major view stays one
+
+
+def probe_weights(np, shape, working_set: int) -> dict:
+    """{layout: [arrays]} for gemv_bandwidth: W (V, C) in its rows and input-major (a (V, C) view of a
+    row-major (C, V) array), each as cold_copies over ``working_set`` bytes."""
+    rows = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return {"rows": cold_copies(np, rows, working_set),
+            "input-major": cold_copies(np, np.ascontiguousarray(rows.T).T, working_set)}
+
+
+def gemv_bandwidth(np, weights: dict, thread_counts, repeats: int = 15) -> dict:
+    """{"layout/threads": median bytes/s} of W (V, C) @ x per layout and thread count (threadpoolctl sets
+    it), each timed product on the next of the layout's copies (probe_weights) in turn."""
     from minilora.models.blas_threads import blas_threads, set_blas_threads
-    rng = np.random.default_rng(0)
-    rows = rng.standard_normal(shape, dtype=np.float32)
-    weights = {"rows": rows, "input-major": np.ascontiguousarray(rows.T).T}
-    x = rng.standard_normal((1, shape[1]), dtype=np.float32)
+    first = weights[LAYOUTS[0]][0]
+    x = np.random.default_rng(1).standard_normal((1, first.shape[1]), dtype=np.float32)
     start, out = blas_threads(), {}
     for n in thread_counts:
         set_blas_threads(n)
         for layout in LAYOUTS:
-            w = weights[layout]
-            x @ w.T
+            copies = weights[layout]
+            x @ copies[-1].T
             times = []
-            for _ in range(repeats):
+            for i in range(repeats):
+                w = copies[i % len(copies)]
                 t0 = time.perf_counter()
                 x @ w.T
                 times.append(time.perf_counter() - t0)
-            out[f"{layout}/{n}"] = rows.nbytes / statistics.median(times)
+            out[f"{layout}/{n}"] = first.nbytes / statistics.median(times)
     if start:
         set_blas_threads(start)
     return out
 
 
-def product_layouts(np, model, repeats: int = 101) -> list:
+def product_layouts(np, model, working_set: int, repeats: int = 101) -> list:
     """Each decoding product's shape timed as x W^T in both layouts (W's rows; W^T stored input-major),
-    over enough distinct copies to leave the 32 MiB L3 cold as decoding does (each weight read once
-    per token): [{name, shape, rows_gb_s, input_major_gb_s, decoder_layout}]."""
+    cycling over cold_copies of ``working_set`` bytes as decoding does (each weight read once per
+    token): [{name, shape, rows_gb_s, input_major_gb_s, decoder_layout}]."""
     from minilora.models.decode import _linears
     q, k, v, o, gate, up, down = _linears(model.model.layers[0])
     c = model.config.hidden_size
     shapes = {"q|k|v": (q.out_features + k.out_features + v.out_features, c), "o_proj": tuple(o.weight.shape),
               "gate|up": (gate.out_features + up.out_features, c), "down_proj": tuple(down.weight.shape),
               "lm_head": tuple(model.lm_head.weight.shape)}
-    rng = np.random.default_rng(1)
     rows = []
     for name, shape in shapes.items():
-        copies = max(1, -(-(64 << 20) // (shape[0] * shape[1] * 4)))
-        base = [rng.standard_normal(shape, dtype=np.float32) for _ in range(copies)]
-        layouts = {"rows": base, "input-major": [np.ascontiguousarray(w.T).T for w in base]}
-        x = rng.standard_normal((1, shape[1]), dtype=np.float32)
+        layouts = probe_weights(np, shape, working_set)
+        x = np.random.default_rng(1).standard_normal((1, shape[1]), dtype=np.float32)
         rates = {}
         for layout, ws in layouts.items():
             times = []
             for i in range(repeats):
-                w = ws[i % copies]
+                w = ws[i % len(ws)]
                 t0 = time.perf_counter()
                 x @ w.T
                 times.append(time.perf_counter() - t0)
-            rates[layout] = base[0].nbytes / statistics.median(times) / 1e9
+            rates[layout] = ws[0].nbytes / statistics.median(times) / 1e9
+        del layouts
         rows.append(dict(name=name, shape=list(shape), rows_gb_s=rates["rows"], input_major_gb_s=rates["input-major"],
                          decoder_layout="input-major" if shape[0] >= shape[1] else "rows"))
     return rows
@@ -152,6 +173,7 @@ def main(argv=None) -> dict:
     per_token = weight_bytes_per_token(model)
     counts = sorted({blas_threads() or args.threads, 1}, reverse=True)
     lm_shape = tuple(model.lm_head.weight.shape)
+    probe = probe_weights(np, lm_shape, per_token)  # as many bytes as a token reads, so as cold
     use_torch = args.torch and _imports("torch", "transformers")
     info = dict(machine(), load_average_start=os.getloadavg())
     print(f"SmolLM2-135M greedy, {args.new_tokens} new tokens after a {len(prompt)}-token prompt, "
@@ -166,7 +188,7 @@ def main(argv=None) -> dict:
             worker.receive()  # ready
         for i in range(args.rounds + 1):
             steps = [lambda: ours.append(minilora_round(model, prompt, args.new_tokens)),
-                     lambda: bandwidth.append(gemv_bandwidth(np, lm_shape, counts))]
+                     lambda: bandwidth.append(gemv_bandwidth(np, probe, counts))]
             if worker is not None:
                 steps.append(lambda: theirs.append(worker.ask("run")))
             for step in (steps if i % 2 == 0 else steps[::-1]):
@@ -181,8 +203,10 @@ def main(argv=None) -> dict:
             worker.ask("done")
             worker.proc.wait(timeout=60)
     result = summarize(args, per_token, counts, ours, theirs, bandwidth)
-    result["products"] = product_layouts(np, model)
-    result.update(minilora_first_call_s=first_call, malloc_tuning=args.malloc_tuning)
+    probe_copies = len(probe["rows"])
+    del probe
+    result["products"] = product_layouts(np, model, per_token)
+    result.update(minilora_first_call_s=first_call, malloc_tuning=args.malloc_tuning, probe_copies=probe_copies)
     result.update(benchmark="bench_generate", machine=info, load_average_1min=loads,
                   load_average_end=os.getloadavg(), prompt_tokens=len(prompt), weight_shape=lm_shape)
     print_table(result)
