@@ -68,25 +68,24 @@ def swiglu_vjp(np, g, gate, up, s, need_gate: bool, need_up: bool):
 # ------------------------------------------------------------------ RMSNorm: y = x rstd w
 
 def rms_norm(np, x, weight, eps: float):
-    """(y, rstd, xhat): rstd = 1 / sqrt(mean(x^2) + eps) over the last axis (..., 1), xhat = x rstd, y = xhat w."""
-    xhat = np.multiply(x, x)
-    rstd = np.add.reduce(xhat, axis=-1, keepdims=True)  # then / C: np.mean's numbers without its Python layer
+    """(y, rstd, xhat): rstd = 1 / sqrt(x . x / C + eps) over the last axis (..., 1), xhat = x rstd, y = xhat w."""
+    rstd = np.vecdot(x, x, axis=-1)[..., None]  # kernels.row_dot's numbers
     rstd /= x.shape[-1]
     rstd += eps
     np.sqrt(rstd, out=rstd)
     np.divide(1.0, rstd, out=rstd)
-    np.multiply(x, rstd, out=xhat)
+    xhat = np.multiply(x, rstd)
     return np.multiply(xhat, weight), rstd, xhat
 
 
 def rms_norm_vjp(np, g, weight, rstd, xhat, need_x: bool, need_w: bool):
-    """gx = rstd (gh - xhat mean(gh xhat)) with gh = g w; gw = sum over the leading axes of g xhat."""
+    """gx = rstd (gh - xhat (gh . xhat) / C) with gh = g w; gw = sum over the leading axes of g xhat."""
     gx = gw = None
     if need_x:
         gh = np.multiply(g, weight)
-        gx = np.multiply(gh, xhat)
-        mean = np.mean(gx, axis=-1, keepdims=True)
-        np.multiply(xhat, mean, out=gx)
+        mean = np.vecdot(gh, xhat, axis=-1)[..., None]  # kernels.row_dot's numbers
+        mean /= xhat.shape[-1]
+        gx = np.multiply(xhat, mean)
         np.subtract(gh, gx, out=gx)
         gx *= rstd
     if need_w:

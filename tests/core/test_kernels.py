@@ -302,3 +302,23 @@ def test_backends_agree_on_a_transformer_block(dtype_name, rtol, atol):
     for i, (a, b) in enumerate(zip(outputs["numpy"], outputs["array_api_strict"])):
         assert a.dtype == np.dtype(dtype_name), f"output {i} has dtype {a.dtype}"
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"output {i}")
+
+
+class _NoVecdot:
+    """NumPy without vecdot: the namespace row_dot falls back on."""
+
+    def __getattr__(self, name):
+        if name == "vecdot":
+            raise AttributeError(name)
+        return getattr(np, name)
+
+
+@given(lead=shapes(min_dims=0, max_dims=2, max_side=4), n=st.integers(1, 130), seed=seeds)
+def test_row_dot_is_the_sum_of_the_product_over_the_last_axis(lead, n, seed):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.standard_normal(lead + (n,), dtype=np.float32) for _ in range(2))
+    expected = np.sum(a.astype(np.float64) * b, axis=-1, keepdims=True)
+    for xp in (np, _NoVecdot()):
+        got = kernels.row_dot(xp, a, b)
+        assert got.shape == lead + (1,) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.sqrt(n))
