@@ -253,7 +253,8 @@ def print_table(r: dict) -> None:
     bw = ", ".join(f"{t} thread{'s' * (t != '1')} {b:.1f}" for t, b in r["gemv_bandwidth_gb_s"].items())
     print(f"bytes of weights per token   {r['bytes_per_token'] / 1e6:.1f} MB")
     layouts = ", ".join(f"{k} {b:.1f}" for k, b in r["gemv_bandwidth_by_layout_gb_s"].items())
-    print(f"GEMV bandwidth (lm_head W@x) {bw} GB/s (best layout; median per round, then over rounds)")
+    print(f"GEMV bandwidth (lm_head W@x) {bw} GB/s (best layout; median per round, then over rounds; "
+          f"each product on the next of {r.get('probe_copies', 1)} copies of W)")
     print(f"  by layout/threads          {layouts} GB/s; the limit takes {r['gemv_layout']}")
     print(f"limit                        {r['limit_tok_s']:.1f} tok/s")
     print(f"minilora                     {r['minilora_tok_s']:.1f} tok/s end to end "
