@@ -87,7 +87,7 @@ def one_config(name: str, args) -> dict:
     from minilora.quant import linear4bit
     from minilora.runtime import tune_allocator
     from minilora import functional as F, ops
-    from minilora.lm_head_loss import DEFAULT_CHUNK_ROWS
+    from minilora.lm_head_loss import DEFAULT_CHUNK_CLASSES, DEFAULT_CHUNK_ROWS
     from common import load_smollm2, proc_status_bytes, release_free_heap, reset_peak_rss
 
     tune_allocator()
@@ -143,6 +143,7 @@ def one_config(name: str, args) -> dict:
              "logits": logits_peak, "backward_transient": max(0, traced_peak - base - activations - logits_peak)}
     parts["rest"] = rss_peak - sum(parts.values())  # interpreter, libraries, allocator slack, small arrays
     result = {"config": name, "load": how, "keep_dequantized": keep, "quantized": quantized, "checkpointing": checkpointing, "chunk_rows": chunk,
+              "chunk_classes": DEFAULT_CHUNK_CLASSES if tiled else None,  # the loss's tiles: chunk_rows x chunk_classes
               "parts_MiB": {k: v / MiB for k, v in parts.items()}, "traced_peak_MiB": traced_peak / MiB,
               "rss_peak_MiB": rss_peak / MiB, "load_traced_peak_MiB": load_peak / MiB,
               "lifetime_rss_peak_MiB": lifetime_rss / MiB,

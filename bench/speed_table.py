@@ -143,6 +143,16 @@ def rows(folder: str, train_runs=("compare_torch_train.json",)) -> list:
     return out
 
 
+def _loss_layout(config: dict) -> str:
+    """How a bench_memory configuration computed lm_head + the loss: whole logits, row chunks (runs
+    before the tiles, which record no chunk_classes) or tiles of rows x classes."""
+    if not config["chunk_rows"]:
+        return "whole logits"
+    if config.get("chunk_classes"):
+        return f"tiles of {config['chunk_rows']} x {config['chunk_classes']}"
+    return f"chunks of {config['chunk_rows']} rows"
+
+
 def memory_rows(folder: str) -> list:
     """bench_memory.json's breakdown, one row per configuration (MiB)."""
     bm = _load(folder, "bench_memory.json")
@@ -152,7 +162,7 @@ def memory_rows(folder: str) -> list:
     out = ["| configuration | " + " | ".join(p.replace("_", " ") for p in parts) +
            " | step peak RSS | lifetime peak RSS (load included) |", "|---" * (len(parts) + 3) + "|"]
     for r in bm["configs"]:
-        chunk = f"chunks of {r['chunk_rows']}" if r["chunk_rows"] else "whole logits"
+        chunk = _loss_layout(r)
         label = (f"{'QLoRA' if r['quantized'] else 'LoRA'}, {'checkpointing' if r['checkpointing'] else 'no checkpointing'}"
                  f", {chunk}" + (f", keep {r.get('keep_dequantized', 'recompute')}" if r["quantized"] else ""))
         out.append(f"| {label} | " + " | ".join(f"{r['parts_MiB'][p]:.0f}" for p in parts) +

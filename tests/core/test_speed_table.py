@@ -52,3 +52,20 @@ def test_every_listed_run_exists():
     assert len(lists) >= 2
     for folder in map(os.path.dirname, lists):
         assert all(os.path.exists(os.path.join(folder, name)) for name in listed_train_runs(folder)), folder
+
+
+def test_the_memory_table_names_how_each_run_computed_the_loss(tmp_path):
+    """Runs before the tiles record chunk_rows alone (row chunks over the whole vocabulary)."""
+    import json
+    from bench.speed_table import memory_rows
+    parts = dict.fromkeys(("weights", "adapters_and_optimizer", "activations", "logits", "backward_transient",
+                           "rest"), 1.0)
+    configs = [dict(quantized=False, checkpointing=False, chunk_rows=None),
+               dict(quantized=False, checkpointing=True, chunk_rows=128),
+               dict(quantized=True, checkpointing=True, chunk_rows=512, chunk_classes=4096)]
+    for c in configs:
+        c.update(parts_MiB=parts, rss_peak_MiB=6.0, lifetime_rss_peak_MiB=7.0)
+    (tmp_path / "bench_memory.json").write_text(json.dumps({"configs": configs}))
+    labels = [line.split(" | ")[0] for line in memory_rows(str(tmp_path))[2:]]
+    assert labels == ["| LoRA, no checkpointing, whole logits", "| LoRA, checkpointing, chunks of 128 rows",
+                      "| QLoRA, checkpointing, tiles of 512 x 4096, keep recompute"]
