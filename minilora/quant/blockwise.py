@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from .. import backend
 from .codebooks import sorted_midpoints
+from .gather import gather_words, settle_choice
 from .threaded import over_blocks
 
 ABSMAX_FLOOR = 1e-38  # bitsandbytes clamps the divisor, so all-zero blocks give 0 / 1e-38 = 0
@@ -122,8 +123,8 @@ def dequantize_blocks_4bit(xp, packed, absmax, n: int, blocksize: int, code, out
 
     ``out``: an optional float32 (n,) array to write into (NumPy; a buffer reused across layers).
     NumPy fast path, for whole bytes and whole blocks: the (256, 2) byte table viewed as 8-byte
-    words, gathered straight into the output (``take(mode="clip")`` writes unbuffered; the uint8
-    indices cannot be out of range), then one in-place multiply by absmax per block, on runs of
+    words, gathered straight into the output (quant/gather.py: whole or in cache-sized pieces,
+    whichever the machine runs faster), then one in-place multiply by absmax per block, on runs of
     blocks split over threads (quant/threaded.py). Elsewhere: the same table gathered row-wise.
     All give the same float32 products, bit for bit.
     """
@@ -132,8 +133,10 @@ def dequantize_blocks_4bit(xp, packed, absmax, n: int, blocksize: int, code, out
         table, words, half = _pair_table(xp, code), out.view(xp.uint64), blocksize // 2
         blocks = xp.reshape(out, (n // blocksize, blocksize))  # a view of out
 
+        settle_choice(xp, table, packed, words)  # whole or in pieces, timed once per process (quant/gather.py)
+
         def decode(lo, hi):  # blocks [lo, hi): bytes [lo * half, hi * half)
-            xp.take(table, packed[lo * half:hi * half], out=words[lo * half:hi * half], mode="clip")
+            gather_words(xp, table, packed[lo * half:hi * half], words[lo * half:hi * half])
             blocks[lo:hi] *= absmax[lo:hi, None]
         over_blocks(decode, n // blocksize, n)
         return out
