@@ -7,7 +7,7 @@ a (1536, 576) weight), and then gathers. Gathering in pieces of ``PIECE`` bytes 
 widened indices in the core's cache, at the price of one call per piece. Which wins is the
 machine's: on a 2-core Intel Xeon VM (2 MiB of L2 per core, 2026-12-03) pieces were 20% faster
 for a (1536, 576) weight and 1.7x for a 4096 x 4096 one; on a 2-core AMD EPYC VM (512 KiB of L2)
-they were 10-37% slower (docs/speed.md, "Quantization"). So the first gather of at least
+they were 10-37% slower for the (1536, 576) weight (docs/speed.md, "Quantization"). So the first gather of at least
 ``MIN_BYTES`` in a process times both ways on its own input, ``ROUNDS`` each in alternation, and
 keeps the faster (``choose``); ``set_pieces`` fixes the choice instead. Both give the same words.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 
 PIECE = 1 << 15      # bytes of packed input per take: its intp indices (256 KiB) and words stay in L2
-MIN_BYTES = 1 << 17  # below this the whole array's indices fit a core's cache: one call
+MIN_BYTES = 1 << 17  # smaller inputs take one call: at most 1 MiB of widened indices, little to win
 ROUNDS = 3
 _CHOICE: dict = {}   # {"pieces": bool} once chosen or set
 
