@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .. import backend
 from .codebooks import sorted_midpoints
-from .gather import gather_words, settle_choice
+from .gather import gather_words, use_pieces
 from .threaded import over_blocks
 
 ABSMAX_FLOOR = 1e-38  # bitsandbytes clamps the divisor, so all-zero blocks give 0 / 1e-38 = 0
@@ -133,10 +133,10 @@ def dequantize_blocks_4bit(xp, packed, absmax, n: int, blocksize: int, code, out
         table, words, half = _pair_table(xp, code), out.view(xp.uint64), blocksize // 2
         blocks = xp.reshape(out, (n // blocksize, blocksize))  # a view of out
 
-        settle_choice(xp, table, packed, words)  # whole or in pieces, timed once per process (quant/gather.py)
+        pieces = use_pieces(xp, table, packed, words)  # timed once per process (quant/gather.py)
 
         def decode(lo, hi):  # blocks [lo, hi): bytes [lo * half, hi * half)
-            gather_words(xp, table, packed[lo * half:hi * half], words[lo * half:hi * half])
+            gather_words(xp, table, packed[lo * half:hi * half], words[lo * half:hi * half], pieces)
             blocks[lo:hi] *= absmax[lo:hi, None]
         over_blocks(decode, n // blocksize, n)
         return out

@@ -7,9 +7,10 @@ a (1536, 576) weight), and then gathers. Gathering in pieces of ``PIECE`` bytes 
 widened indices in the core's cache, at the price of one call per piece. Which wins is the
 machine's: on a 2-core Intel Xeon VM (2 MiB of L2 per core, 2026-12-03) pieces were 20% faster
 for a (1536, 576) weight and 1.7x for a 4096 x 4096 one; on a 2-core AMD EPYC VM (512 KiB of L2)
-they were 10-37% slower for the (1536, 576) weight (docs/speed.md, "Quantization"). So the first gather of at least
-``MIN_BYTES`` in a process times both ways on its own input, ``ROUNDS`` each in alternation, and
-keeps the faster (``choose``); ``set_pieces`` fixes the choice instead. Both give the same words.
+they were 10-37% slower for the (1536, 576) weight (docs/speed.md, "Quantization"). So the first
+input of at least ``MIN_BYTES`` in a process times both ways, ``ROUNDS`` each in alternation, and
+the faster (``choose``) serves every input of that size after it (``use_pieces``); ``set_pieces``
+fixes the choice instead. Both give the same words.
 """
 from __future__ import annotations
 
@@ -28,10 +29,8 @@ def set_pieces(pieces: bool | None) -> None:
         _CHOICE["pieces"] = bool(pieces)
 
 
-def gather_words(np, table, packed, out, pieces: bool | None = None) -> None:
-    """out[i] = table[packed[i]] (NumPy; out uint64 of packed's length); ``pieces`` None: the process's choice."""
-    if pieces is None:
-        pieces = packed.shape[0] >= MIN_BYTES and _CHOICE.get("pieces", False)
+def gather_words(np, table, packed, out, pieces: bool) -> None:
+    """out[i] = table[packed[i]] (NumPy; out uint64 of packed's length), in one call or in pieces."""
     if not pieces:
         np.take(table, packed, out=out, mode="clip")  # uint8 indices are never out of range
         return
@@ -39,16 +38,18 @@ def gather_words(np, table, packed, out, pieces: bool | None = None) -> None:
         np.take(table, packed[lo:lo + PIECE], out=out[lo:lo + PIECE], mode="clip")
 
 
-def settle_choice(np, table, packed, out) -> None:
-    """Make the process's choice on this input if it is large enough and none was made (one thread)."""
-    if "pieces" in _CHOICE or packed.shape[0] < MIN_BYTES:
-        return
-
-    def timed(pieces):
-        t0 = time.perf_counter()
-        gather_words(np, table, packed, out, pieces)
-        return time.perf_counter() - t0
-    _CHOICE["pieces"] = choose(lambda: timed(False), lambda: timed(True))
+def use_pieces(np, table, packed, out) -> bool:
+    """Whether to gather this input in pieces: never below MIN_BYTES, else the process's choice,
+    made on this input (one thread, writing ``out``) when none was made yet."""
+    if packed.shape[0] < MIN_BYTES:
+        return False
+    if "pieces" not in _CHOICE:
+        def timed(pieces):
+            t0 = time.perf_counter()
+            gather_words(np, table, packed, out, pieces)
+            return time.perf_counter() - t0
+        _CHOICE["pieces"] = choose(lambda: timed(False), lambda: timed(True))
+    return _CHOICE["pieces"]
 
 
 def choose(time_whole, time_pieces, rounds: int = ROUNDS) -> bool:

@@ -49,15 +49,15 @@ def test_choose_alternates_the_order_and_keeps_the_faster():
 def test_the_choice_is_made_once_on_a_large_input_and_can_be_fixed():
     table = _table()
     small = np.zeros(gather.MIN_BYTES - 1, np.uint8)
-    gather.settle_choice(np, table, small, np.empty(small.shape[0], np.uint64))
+    assert gather.use_pieces(np, table, small, np.empty(small.shape[0], np.uint64)) is False
     assert "pieces" not in gather._CHOICE  # too small to tell
     large = np.zeros(gather.MIN_BYTES, np.uint8)
-    gather.settle_choice(np, table, large, np.empty(large.shape[0], np.uint64))
-    made = gather._CHOICE["pieces"]
-    gather.settle_choice(np, table, large, np.empty(large.shape[0], np.uint64))
+    made = gather.use_pieces(np, table, large, np.empty(large.shape[0], np.uint64))
+    assert gather._CHOICE["pieces"] is made
+    assert gather.use_pieces(np, table, large, np.empty(large.shape[0], np.uint64)) is made
     assert gather._CHOICE["pieces"] is made
     gather.set_pieces(not made)
-    gather.settle_choice(np, table, large, np.empty(large.shape[0], np.uint64))
+    assert gather.use_pieces(np, table, large, np.empty(large.shape[0], np.uint64)) is (not made)
     assert gather._CHOICE["pieces"] is (not made)
 
 
