@@ -84,6 +84,17 @@ def probe_weights(np, shape, working_set: int) -> dict:
             "input-major": cold_copies(np, np.ascontiguousarray(rows.T).T, working_set)}
 
 
+def cycled_seconds(x, copies, repeats: int) -> float:
+    """Median seconds of x W^T, each timed product on the next of ``copies`` in turn."""
+    times = []
+    for i in range(repeats):
+        w = copies[i % len(copies)]
+        t0 = time.perf_counter()
+        x @ w.T
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def gemv_bandwidth(np, weights: dict, thread_counts, repeats: int = 15) -> dict:
     """{"layout/threads": median bytes/s} of W (V, C) @ x per layout and thread count (threadpoolctl sets
     it), each timed product on the next of the layout's copies (probe_weights) in turn."""
@@ -94,15 +105,8 @@ def gemv_bandwidth(np, weights: dict, thread_counts, repeats: int = 15) -> dict:
     for n in thread_counts:
         set_blas_threads(n)
         for layout in LAYOUTS:
-            copies = weights[layout]
-            x @ copies[-1].T
-            times = []
-            for i in range(repeats):
-                w = copies[i % len(copies)]
-                t0 = time.perf_counter()
-                x @ w.T
-                times.append(time.perf_counter() - t0)
-            out[f"{layout}/{n}"] = first.nbytes / statistics.median(times)
+            x @ weights[layout][-1].T
+            out[f"{layout}/{n}"] = first.nbytes / cycled_seconds(x, weights[layout], repeats)
     if start:
         set_blas_threads(start)
     return out
@@ -122,15 +126,7 @@ def product_layouts(np, model, working_set: int, repeats: int = 101) -> list:
     for name, shape in shapes.items():
         layouts = probe_weights(np, shape, working_set)
         x = np.random.default_rng(1).standard_normal((1, shape[1]), dtype=np.float32)
-        rates = {}
-        for layout, ws in layouts.items():
-            times = []
-            for i in range(repeats):
-                w = ws[i % len(ws)]
-                t0 = time.perf_counter()
-                x @ w.T
-                times.append(time.perf_counter() - t0)
-            rates[layout] = ws[0].nbytes / statistics.median(times) / 1e9
+        rates = {layout: ws[0].nbytes / cycled_seconds(x, ws, repeats) / 1e9 for layout, ws in layouts.items()}
         del layouts
         rows.append(dict(name=name, shape=list(shape), rows_gb_s=rates["rows"], input_major_gb_s=rates["input-major"],
                          decoder_layout="input-major" if shape[0] >= shape[1] else "rows"))
