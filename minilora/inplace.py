@@ -38,20 +38,30 @@ def _empty(np, like):
 
 # ------------------------------------------------------------------ SwiGLU: y = silu(gate) * up
 
-def swiglu(np, gate, up):
-    """(y, s): s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2, y = (gate * s) * up, the product taken in place."""
+def sigmoid(np, gate):
+    """s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in one fresh array (the portable kernel's order)."""
     s = np.multiply(gate, 0.5)
     np.tanh(s, out=s)
     s += 1.0
     s *= 0.5
-    y = np.multiply(gate, s)
+    return s
+
+
+def swiglu(np, gate, up):
+    """y = (gate * s) * up with s = sigmoid(gate), the product taken in s's array."""
+    y = sigmoid(np, gate)
+    y *= gate
     y *= up
-    return y, s
+    return y
 
 
-def swiglu_vjp(np, g, gate, up, s, need_gate: bool, need_up: bool):
-    """ggate = g * up * s * (1 + gate (1 - s)), gup = (gate * s) * g (the portable kernel's order)."""
+def swiglu_vjp(np, g, gate, up, need_gate: bool, need_up: bool):
+    """s recomputed from gate; ggate = g * up * s * (1 + gate (1 - s)), gup = (gate * s) * g."""
+    s = sigmoid(np, gate)
     ggate = gup = None
+    if need_up:
+        gup = np.multiply(gate, s)
+        gup *= g
     if need_gate:
         ggate = np.subtract(1.0, s)
         ggate *= gate
@@ -59,9 +69,6 @@ def swiglu_vjp(np, g, gate, up, s, need_gate: bool, need_up: bool):
         ggate *= s
         ggate *= up
         ggate *= g
-    if need_up:
-        gup = np.multiply(gate, s)
-        gup *= g
     return ggate, gup
 
 

@@ -219,21 +219,28 @@ def silu(x):
 def swiglu(gate, up):
     """y = silu(gate) * up (Llama's MLP). VJP: gup = g * silu(gate), ggate = g * up * silu'(gate).
 
-    With s = sigmoid(gate): silu(gate) = gate s and silu'(gate) = s (1 + gate (1 - s)). Saved: gate,
-    up and s; silu(gate) is recomputed in backward (one multiply) rather than kept, which saves one
-    (..., F) array per layer, the widest activations of the model. In-place updates of fresh arrays
-    keep the number of (..., F) temporaries low.
+    With s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2: silu(gate) = gate s, silu'(gate) =
+    s (1 + gate (1 - s)). Saved: gate and up alone. Backward recomputes s (a tanh and three cheap
+    passes) rather than keeping it: one (..., F) array less per layer, the widest activations of the
+    model (90 MiB of SmolLM2's step at batch 4 x 128), for no measurable time.
     """
     xp = _xp(gate, up)
     if inplace.enabled(xp) and gate.shape == up.shape and gate.dtype == up.dtype:  # inplace.py: the same numbers
-        y, s = inplace.swiglu(xp, gate, up)
-        return y, lambda g, needs: inplace.swiglu_vjp(xp, g, gate, up, s, needs[0], needs[1])
-    s = xp.tanh(0.5 * gate)  # (..., F); becomes sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in place
-    s += 1.0
-    s *= 0.5
+        return (inplace.swiglu(xp, gate, up),
+                lambda g, needs: inplace.swiglu_vjp(xp, g, gate, up, needs[0], needs[1]))
+
+    def sigmoid():
+        s = xp.tanh(0.5 * gate)  # (..., F); becomes (1 + tanh(gate / 2)) / 2 in place
+        s += 1.0
+        s *= 0.5
+        return s
 
     def vjp(g, needs):
+        s = sigmoid()
         ggate = gup = None
+        if needs[1]:
+            gup = gate * s
+            gup *= g
         if needs[0]:
             ggate = 1.0 - s
             ggate *= gate
@@ -241,11 +248,8 @@ def swiglu(gate, up):
             ggate *= s
             ggate *= up
             ggate *= g
-        if needs[1]:
-            gup = gate * s
-            gup *= g
         return ggate, gup
-    return (gate * s) * up, vjp
+    return (gate * sigmoid()) * up, vjp
 
 
 @primitive(fused=True)
