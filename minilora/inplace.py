@@ -39,7 +39,7 @@ def _empty(np, like):
 # ------------------------------------------------------------------ SwiGLU: y = silu(gate) * up
 
 def sigmoid(np, gate):
-    """s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in one fresh array (the portable kernel's order)."""
+    """s = sigmoid(gate) = (1 + tanh(gate / 2)) / 2 in one fresh array, in kernels.sigmoid's order."""
     s = np.multiply(gate, 0.5)
     np.tanh(s, out=s)
     s += 1.0

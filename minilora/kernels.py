@@ -204,14 +204,19 @@ def gelu(x):
     return 0.5 * x * (1 + t), vjp
 
 
+def sigmoid(xp, x):
+    """s = (1 + tanh(x / 2)) / 2 = 1 / (1 + exp(-x)) without overflow; one fresh array, updated in place."""
+    s = xp.tanh(0.5 * x)
+    s += 1.0
+    s *= 0.5
+    return s
+
+
 @primitive(fused=True)
 def silu(x):
-    """y = x * sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow).
-
-    VJP: gx = g * s * (1 + x (1 - s)).
-    """
+    """y = x * sigmoid(x). VJP: gx = g * s * (1 + x (1 - s)) with s = sigmoid(x)."""
     xp = _xp(x)
-    s = 0.5 * (1 + xp.tanh(0.5 * x))
+    s = sigmoid(xp, x)
     return x * s, lambda g, needs: (g * s * (1 + x * (1 - s)),)
 
 
@@ -229,14 +234,8 @@ def swiglu(gate, up):
         return (inplace.swiglu(xp, gate, up),
                 lambda g, needs: inplace.swiglu_vjp(xp, g, gate, up, needs[0], needs[1]))
 
-    def sigmoid():
-        s = xp.tanh(0.5 * gate)  # (..., F); becomes (1 + tanh(gate / 2)) / 2 in place
-        s += 1.0
-        s *= 0.5
-        return s
-
     def vjp(g, needs):
-        s = sigmoid()
+        s = sigmoid(xp, gate)  # (..., F)
         ggate = gup = None
         if needs[1]:
             gup = gate * s
@@ -249,7 +248,7 @@ def swiglu(gate, up):
             ggate *= up
             ggate *= g
         return ggate, gup
-    return (gate * sigmoid()) * up, vjp
+    return (gate * sigmoid(xp, gate)) * up, vjp
 
 
 @primitive(fused=True)
